@@ -1,0 +1,212 @@
+"""`python build.py`: arguments to calls. Errors become one line and an exit code here, nowhere else."""
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import ca, matrix, plan, render
+from .errors import BuildFailed, PytorchCudaError, UsageError
+from .progress import Progress, Result, format_seconds, summary, table
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and exit 2), like docker's CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"build.py: error: {message} (see --help)\n")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="build.py",
+        description="Render, build and tag PyTorch+CUDA images (runtime, jupyter, ssh).",
+        epilog="Examples: build.py --cuda 12.1 | build.py --cuda 12.4 --torch 2.5 --variant jupyter | build.py --list",
+    )
+    pick = p.add_argument_group("what to build")
+    pick.add_argument("--cuda", help="CUDA version, e.g. 12.1: picks the newest torch built for it")
+    pick.add_argument("--torch", help="torch release (2.4.1) or minor (2.4)")
+    pick.add_argument("--python", help="Python version of the image (default: the base image's, 3.11)")
+    pick.add_argument("--variant", action="append", choices=plan.VARIANTS, help="repeatable; default: all three")
+    pick.add_argument("--all", action="store_true", help="every tag of the matrix")
+    where = p.add_argument_group("where from, where to")
+    where.add_argument("--base", help="base image (default from images/bases.json, e.g. debian:bookworm-slim)")
+    where.add_argument("--bootstrap-base", action="store_true",
+                       help="make the base image from Debian packages now (done anyway when a pull fails)")
+    where.add_argument("--debian-mirror", default="http://deb.debian.org/debian", help="mirror for --bootstrap-base")
+    where.add_argument("--registry", help="registry prefix for tags, e.g. ghcr.io/acme")
+    where.add_argument("--push", action="store_true", help="push the tags after every build succeeded")
+    where.add_argument("--index-url", help="pip index (a PyPI mirror); default: the matrix's index for that build")
+    where.add_argument("--ca-cert", help="CA bundle for pip inside the build (default: $PIP_CERT, $SSL_CERT_FILE, "
+                                         "$REQUESTS_CA_BUNDLE); only the builder stage sees it")
+    how = p.add_argument_group("how")
+    how.add_argument("--dry-run", action="store_true", help="render and print the plan; needs no Docker")
+    how.add_argument("--render", action="store_true", help="write the rendered Dockerfiles under images/ and exit")
+    how.add_argument("--list", action="store_true", help="print the supported matrix and exit")
+    how.add_argument("--matrix", type=Path, default=matrix.MATRIX_FILE, help=argparse.SUPPRESS)
+    how.add_argument("--no-cache", action="store_true", help="build without the layer cache")
+    how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
+    how.add_argument("-v", "--verbose", action="store_true", help="print the builder's full output")
+    return p
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def list_matrix(m: matrix.Matrix) -> str:
+    rows = []
+    for b in m.newest_per_tag():
+        rows.append([
+            b.torch, b.cuda, b.cudnn, b.nccl, b.cublas, " ".join(b.pythons), b.torchvision or "-",
+            b.torchaudio or "-", b.min_driver, ",".join(a.replace("sm_", "") for a in (b.archs or [])) or "?", b.index,
+        ])
+    return table(["TORCH", "CUDA", "CUDNN", "NCCL", "CUBLAS", "PYTHON", "VISION", "AUDIO", "MIN DRIVER", "ARCHS", "INDEX"], rows)
+
+
+def describe_plan(specs: list[plan.ImageSpec]) -> str:
+    rows = [[s.tag, " ".join(s.aliases) or "-", s.build.torch, s.build.cuda, s.build.cudnn, s.build.nccl, s.python,
+             s.base_image if s.variant == "runtime" else s.runtime_tag, str(s.dockerfile.relative_to(matrix.REPO_ROOT))]
+            for s in specs]
+    return table(["TAG", "ALIASES", "TORCH", "CUDA", "CUDNN", "NCCL", "PYTHON", "FROM", "DOCKERFILE"], rows)
+
+
+def select_builds(m: matrix.Matrix, args: argparse.Namespace) -> list[matrix.Build]:
+    if args.all:
+        builds = m.newest_per_tag()
+        if args.cuda or args.torch:
+            builds = [b for b in builds if (not args.cuda or b.cuda == args.cuda)
+                      and (not args.torch or args.torch in (b.torch, b.torch_minor))]
+            if not builds:
+                m.resolve(cuda=args.cuda, torch=args.torch)  # raises the precise error
+        return builds
+    if not (args.cuda or args.torch):
+        raise UsageError("say what to build: --cuda VERSION, --torch VERSION or --all (see --list)")
+    return [m.resolve(cuda=args.cuda, torch=args.torch, python=args.python)]
+
+
+def write_rendered(m: matrix.Matrix, specs: list[plan.ImageSpec]) -> list[Path]:
+    written = []
+    for spec in specs:
+        for path, text in render.rendered_files(spec, m.variant_packages.get(spec.variant, ())).items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+                written.append(path)
+    return written
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=matrix.REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> list[Result]:
+    # Docker is imported here so --list, --dry-run and --render work without the SDK or a daemon.
+    from . import baseimage, docker_build
+
+    client = docker_build.connect()
+    ca_value = ca.build_arg_for(ca.find_ca_file(args.ca_cert))
+    progress = Progress(verbose=args.verbose)
+    for base in sorted({s.base_image for s in specs if s.variant == "runtime"}):
+        how = baseimage.ensure_base_image(client, base, make=args.bootstrap_base, mirror=args.debian_mirror,
+                                          say=progress.say)
+        if how != "local":
+            progress.say(f"base image {base}: {how}")
+    revision = git_revision()
+    labels = {"org.opencontainers.image.revision": revision} if revision else {}
+
+    results: list[Result] = []
+    failed_runtimes: set[str] = set()
+    for index, spec in enumerate(specs, 1):
+        if spec.variant != "runtime" and spec.runtime_tag in failed_runtimes:
+            results.append(Result(spec.tag, "skipped", note=f"{spec.runtime_tag} failed"))
+            continue
+        dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()))
+        dockerfile_path = spec.dockerfile.relative_to(matrix.REPO_ROOT).as_posix()
+        files = {
+            dockerfile_path: dockerfile.encode(),
+            spec.manifest.relative_to(matrix.REPO_ROOT).as_posix(): render.render_manifest(spec).encode(),
+        }
+        offered = {
+            "BASE_IMAGE": spec.base_image,
+            "RUNTIME_IMAGE": spec.runtime_tag,
+            "PIP_INDEX_URL": args.index_url or (spec.build.index_url if spec.variant == "runtime" else ""),
+            "PIP_CA_CERT": ca_value,
+        }
+        buildargs = {k: v for k, v in offered.items() if k in docker_build.declared_args(dockerfile) and v}
+        progress.start(index, len(specs), spec.tag)
+        try:
+            image_id = docker_build.build_image(
+                client, spec.tag, docker_build.make_context(files), dockerfile_path, buildargs,
+                nocache=args.no_cache, labels=labels,
+                events=docker_build.BuildEvents(on_step=progress.step, on_line=progress.line),
+            )
+        except BuildFailed as err:
+            progress.finish("FAILED")
+            for line in err.log_tail[-12:]:
+                progress.say(f"    | {line}")
+            results.append(Result(spec.tag, "failed", progress.elapsed(), note=err.message[:80]))
+            if spec.variant == "runtime":
+                failed_runtimes.add(spec.tag)
+            if not args.keep_going:
+                progress.say(f"error: {err}")
+                results += [Result(s.tag, "skipped", note="not started (no --keep-going)") for s in specs[index:]]
+                return results
+            continue
+        # Tags only now: a failed build never leaves a tag pointing at a half-made image.
+        docker_build.tag_image(client, image_id, (spec.tag, *spec.aliases))
+        progress.finish("built")
+        results.append(Result(spec.tag, "built", progress.elapsed(), docker_build.image_size(client, spec.tag),
+                              aliases=spec.aliases))
+    if args.push and all(r.status == "built" for r in results):
+        for result in results:
+            progress.say(f"pushing {result.tag} {' '.join(result.aliases)}")
+            docker_build.push(client, (result.tag, *result.aliases))
+    return results
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.push and not args.registry:
+        raise UsageError("--push needs --registry (e.g. --registry ghcr.io/acme)")
+    m = matrix.load(args.matrix)
+    if args.list:
+        print(list_matrix(m))
+        return EXIT_OK
+    builds = select_builds(m, args)
+    variants = tuple(args.variant) if args.variant else plan.VARIANTS
+    specs = plan.plan(m, builds, variants=variants, python=args.python, base_image=args.base, registry=args.registry)
+    if args.render:
+        written = write_rendered(m, specs)
+        print(f"rendered {len(specs)} Dockerfiles; {len(written)} files changed")
+        return EXIT_OK
+    if args.dry_run:
+        for spec in specs:  # rendering is part of the plan: a template error shows here too
+            render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()))
+        print(describe_plan(specs))
+        return EXIT_OK
+    started = time.monotonic()
+    results = build_all(m, specs, args)
+    print(summary(results))
+    failed = [r for r in results if r.status != "built"]
+    print(f"{len(results) - len(failed)} of {len(results)} images built in {format_seconds(time.monotonic() - started)}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(argv)
+    except PytorchCudaError as err:
+        print(f"build.py: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("build.py: interrupted; no tag was applied to an unfinished image", file=sys.stderr)
+        return 130

@@ -1,0 +1,224 @@
+"""The compatibility matrix: typed records loaded from images/*.json, and version resolution.
+
+The same `Build` objects feed rendering, tagging, the CLI's --list and the tests, so there is one
+list of what exists (images/matrix.json, regenerated from wheel metadata by pytorch_cuda.refresh).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .errors import IncompatibleCombination, MatrixError, UnknownVersion
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IMAGES_DIR = REPO_ROOT / "images"
+MATRIX_FILE = IMAGES_DIR / "matrix.json"
+BASES_FILE = IMAGES_DIR / "bases.json"
+VARIANTS_FILE = IMAGES_DIR / "variants.json"
+PYPI = "pypi"
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Numeric sort key for dotted versions ("2.10.0" after "2.9.1")."""
+    return tuple(int(part) for part in version.split("."))
+
+
+def minor_of(version: str) -> str:
+    """'2.4.1' -> '2.4'."""
+    return ".".join(version.split(".")[:2])
+
+
+@dataclass(frozen=True)
+class Base:
+    """A base image that provides one Python version, and how to make it offline."""
+
+    python: str
+    image: str
+    suite: str
+
+
+@dataclass(frozen=True)
+class Build:
+    """One torch release built for one CUDA line, from one wheel index."""
+
+    torch: str
+    cuda: str
+    index: str
+    index_url: str
+    pythons: tuple[str, ...]
+    torchvision: str | None
+    torchaudio: str | None
+    triton: str | None
+    cuda_runtime: str
+    cudnn: str
+    nccl: str
+    cublas: str
+    nvidia_packages: Mapping[str, str] = field(compare=False)
+    archs: tuple[str, ...] | None
+    min_driver: str
+
+    @property
+    def torch_minor(self) -> str:
+        return minor_of(self.torch)
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """The pins pip installs; the nvidia-* libraries follow from torch's own exact pins."""
+        pins = [f"torch=={self.torch}"]
+        if self.torchvision:
+            pins.append(f"torchvision=={self.torchvision}")
+        if self.torchaudio:
+            pins.append(f"torchaudio=={self.torchaudio}")
+        return tuple(pins)
+
+    def short(self) -> str:
+        return f"torch {self.torch} / CUDA {self.cuda} ({self.index})"
+
+
+@dataclass(frozen=True)
+class Matrix:
+    builds: tuple[Build, ...]
+    bases: Mapping[str, Base]
+    default_python: str
+    variant_packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    # -- queries ---------------------------------------------------------------------------
+    def cuda_versions(self) -> list[str]:
+        return sorted({b.cuda for b in self.builds}, key=version_key)
+
+    def torch_versions(self) -> list[str]:
+        return sorted({b.torch for b in self.builds}, key=version_key)
+
+    def newest_per_tag(self) -> list[Build]:
+        """One build per (torch, CUDA): PyPI's wheels win over a per-CUDA index's copy."""
+        chosen: dict[tuple[str, str], Build] = {}
+        for build in self.builds:
+            key = (build.torch, build.cuda)
+            if key not in chosen or (build.index == PYPI and chosen[key].index != PYPI):
+                chosen[key] = build
+        return sorted(chosen.values(), key=lambda b: (version_key(b.torch), version_key(b.cuda)))
+
+    def is_newest_of_minor(self, build: Build) -> bool:
+        """Whether `build` is the newest patch of its torch minor for its CUDA (gets the vX.Y alias)."""
+        same = [b.torch for b in self.builds if b.cuda == build.cuda and b.torch_minor == build.torch_minor]
+        return max(same, key=version_key) == build.torch
+
+    def python_for(self, build: Build, python: str | None) -> str:
+        """The Python an image of `build` uses: asked for, else the default, else the newest we can base on."""
+        if python is not None:
+            if python not in self.bases:
+                raise UnknownVersion("Python", python, sorted(self.bases, key=version_key))
+            if python not in build.pythons:
+                raise IncompatibleCombination(
+                    f"Python {python} with {build.short()}",
+                    [f"torch {build.torch} has wheels for Python {', '.join(build.pythons)}"],
+                )
+            return python
+        usable = [p for p in self.bases if p in build.pythons]
+        if not usable:
+            raise IncompatibleCombination(
+                f"{build.short()} on any base image we can make",
+                [f"wheels exist for Python {', '.join(build.pythons)}; bases provide {', '.join(self.bases)}"],
+            )
+        if self.default_python in usable:
+            return self.default_python
+        return max(usable, key=version_key)
+
+    # -- resolution ------------------------------------------------------------------------
+    def resolve(self, cuda: str | None = None, torch: str | None = None, python: str | None = None) -> Build:
+        """Pick the one build a user means.
+
+        `--cuda` alone: the newest torch built for that CUDA, PyPI's wheels before a per-CUDA index
+        (PyPI is what every mirror carries). `--torch` may be a release ("2.4.1") or a minor ("2.4").
+        """
+        candidates = self._narrow(cuda, torch)
+        if python is not None:
+            fitting = [b for b in candidates if python in b.pythons]
+            if not fitting:
+                if python not in self.bases:
+                    raise UnknownVersion("Python", python, sorted(self.bases, key=version_key))
+                raise IncompatibleCombination(
+                    _describe(cuda, torch, python), [f"{b.short()}: Python {', '.join(b.pythons)}" for b in candidates]
+                )
+            candidates = fitting
+        return max(candidates, key=lambda b: (b.index == PYPI, version_key(b.torch), version_key(b.cuda)))
+
+    def _narrow(self, cuda: str | None, torch: str | None) -> list[Build]:
+        builds = list(self.builds)
+        if cuda is not None:
+            if cuda not in {b.cuda for b in builds}:
+                raise UnknownVersion("CUDA", cuda, self.cuda_versions())
+            builds = [b for b in builds if b.cuda == cuda]
+        if torch is not None:
+            known = {b.torch for b in self.builds} | {b.torch_minor for b in self.builds}
+            matching = [b for b in builds if torch in (b.torch, b.torch_minor)]
+            if not matching:
+                if torch not in known:
+                    raise UnknownVersion("torch", torch, self.torch_versions())
+                raise IncompatibleCombination(
+                    _describe(cuda, torch, None),
+                    [f"CUDA {cuda}: torch {', '.join(sorted({b.torch for b in builds}, key=version_key))}"]
+                    + [f"torch {torch}: CUDA {', '.join(sorted({b.cuda for b in self.builds if torch in (b.torch, b.torch_minor)}, key=version_key))}"],
+                )
+            builds = matching
+        return builds
+
+    def select(self, builds: Iterable[Build]) -> list[Build]:
+        return sorted(builds, key=lambda b: (version_key(b.torch), version_key(b.cuda)))
+
+
+def _describe(cuda: str | None, torch: str | None, python: str | None) -> str:
+    parts = []
+    if torch:
+        parts.append(f"torch {torch}")
+    if cuda:
+        parts.append(f"CUDA {cuda}")
+    if python:
+        parts.append(f"Python {python}")
+    return " with ".join(parts)
+
+
+def _build_from_json(entry: Mapping, indexes: Mapping[str, str]) -> Build:
+    return Build(
+        torch=entry["torch"],
+        cuda=entry["cuda"],
+        index=entry["index"],
+        index_url=indexes[entry["index"]],
+        pythons=tuple(entry["pythons"]),
+        torchvision=entry.get("torchvision"),
+        torchaudio=entry.get("torchaudio"),
+        triton=entry.get("triton"),
+        cuda_runtime=entry["cuda_runtime"],
+        cudnn=entry["cudnn"],
+        nccl=entry["nccl"],
+        cublas=entry["cublas"],
+        nvidia_packages=dict(entry["nvidia_packages"]),
+        archs=tuple(entry["archs"]) if entry.get("archs") else None,
+        min_driver=entry["min_driver"],
+    )
+
+
+def load(matrix_file: Path = MATRIX_FILE, bases_file: Path = BASES_FILE, variants_file: Path = VARIANTS_FILE) -> Matrix:
+    """Read the committed matrix, base-image table and the variants' extra packages."""
+    try:
+        data = json.loads(Path(matrix_file).read_text())
+        bases_data = json.loads(Path(bases_file).read_text())
+        variants_data = json.loads(Path(variants_file).read_text())
+        indexes = data["indexes"]
+        builds = tuple(_build_from_json(entry, indexes) for entry in data["builds"])
+        bases = {
+            python: Base(python=python, image=spec["image"], suite=spec["suite"])
+            for python, spec in bases_data["bases"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MatrixError(
+            f"cannot read the matrix ({type(err).__name__}: {err}); regenerate it with `python -m pytorch_cuda.refresh`"
+        ) from None
+    return Matrix(
+        builds=builds,
+        bases=bases,
+        default_python=bases_data["default_python"],
+        variant_packages={name: tuple(spec["pip"]) for name, spec in variants_data.items()},
+    )

@@ -1,0 +1,97 @@
+"""What a command means in images: tags, aliases, base images and file paths. Pure data, no Docker."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .matrix import IMAGES_DIR, Build, Matrix
+
+VARIANTS = ("runtime", "jupyter", "ssh")
+REPOSITORY = "pytorch-cuda"
+IMAGE_USER = "pytorch"
+IMAGE_UID = 1000
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to render and build."""
+
+    build: Build
+    variant: str
+    python: str
+    base_image: str
+    base_suite: str
+    repository: str = REPOSITORY
+    alias: bool = False
+    python_is_default: bool = True
+
+    @property
+    def stem(self) -> str:
+        """'2.4.1-cuda12.1', with '-py3.13' when the Python is not the default one."""
+        suffix = "" if self.python_is_default else f"-py{self.python}"
+        return f"{self.build.torch}-cuda{self.build.cuda}{suffix}"
+
+    @property
+    def tag(self) -> str:
+        return f"{self.repository}:{self.stem}-{self.variant}"
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Short tags users know ('v2.4-cuda12.1-jupyter'), only on the newest patch of a minor."""
+        if not self.alias:
+            return ()
+        short_stem = self.stem.replace(self.build.torch, f"v{self.build.torch_minor}", 1)
+        return (f"{self.repository}:{short_stem}-{self.variant}",)
+
+    @property
+    def runtime_tag(self) -> str:
+        """The runtime image the jupyter and ssh variants build FROM."""
+        return f"{self.repository}:{self.stem}-runtime"
+
+    @property
+    def default_runtime_tag(self) -> str:
+        """The FROM written in committed Dockerfiles (a build arg overrides it for registries)."""
+        return f"{REPOSITORY}:{self.stem}-runtime"
+
+    @property
+    def directory(self) -> Path:
+        return IMAGES_DIR / self.stem
+
+    @property
+    def dockerfile(self) -> Path:
+        return self.directory / self.variant / "Dockerfile"
+
+    @property
+    def manifest(self) -> Path:
+        return self.directory / "manifest.json"
+
+
+def plan(
+    matrix: Matrix,
+    builds: list[Build],
+    variants: tuple[str, ...] = VARIANTS,
+    python: str | None = None,
+    base_image: str | None = None,
+    registry: str | None = None,
+) -> list[ImageSpec]:
+    """Expand builds x variants into ImageSpecs, runtime first so variants can build FROM it."""
+    repository = f"{registry.rstrip('/')}/{REPOSITORY}" if registry else REPOSITORY
+    ordered = [v for v in VARIANTS if v in variants]
+    specs = []
+    for build in builds:
+        py = matrix.python_for(build, python)
+        base = matrix.bases[py]
+        for variant in ordered:
+            specs.append(
+                ImageSpec(
+                    build=build,
+                    variant=variant,
+                    python=py,
+                    base_image=base_image or base.image,
+                    base_suite=base.suite,
+                    repository=repository,
+                    alias=matrix.is_newest_of_minor(build),
+                    python_is_default=py == matrix.default_python,
+                )
+            )
+    return specs

@@ -1,0 +1,53 @@
+"""Shared fixtures. Docker clients are made in fixtures, never at import, so unit tests need no daemon."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pytorch_cuda import matrix, plan
+
+from .dockerutil import build_py
+
+BUILD_CUDA = "12.1"  # the integration build: PyPI's newest torch for CUDA 12.1
+
+
+def _docker_client():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client, None
+    except Exception as err:  # any failure to reach the daemon
+        return None, f"{type(err).__name__}: {err}"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    client, reason = _docker_client()
+    if client is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must have a Docker engine (.ci/run starts dockerd): {reason}")
+        pytest.skip(f"no Docker engine: {reason}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def real_matrix() -> matrix.Matrix:
+    return matrix.load()
+
+
+@pytest.fixture(scope="session")
+def built(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
+    """The three images of `build.py --cuda 12.1`, built once per session by the real CLI.
+
+    The images are the product and stay as a layer cache for the next run; throwaway images made
+    by other tests are removed by those tests.
+    """
+    result = build_py("--cuda", BUILD_CUDA, timeout=3600)
+    assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    specs = plan.plan(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])
+    built = {spec.variant: spec for spec in specs}
+    built["_output"] = result.stdout + result.stderr  # type: ignore[assignment]
+    return built

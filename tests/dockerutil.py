@@ -1,0 +1,67 @@
+"""Real containers for tests: always force-removed, commands time-limited, logs shown on failure."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import docker.errors
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def build_py(*args: str, timeout: int = 3600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI as a user would."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "build.py"), *args],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})},
+    )
+
+
+@contextlib.contextmanager
+def container(client: docker.DockerClient, image: str, command=None, **kwargs) -> Iterator:
+    """Start a detached container; force-remove it whatever happens, printing its log on failure."""
+    kwargs.setdefault("name", unique("pytorch-cuda-test"))
+    started = client.containers.run(image, command, detach=True, **kwargs)
+    try:
+        yield started
+    except BaseException:
+        with contextlib.suppress(docker.errors.APIError):
+            print(f"--- log of {started.name} ---\n" + started.logs(tail=80).decode(errors="replace"), file=sys.stderr)
+        raise
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            started.remove(force=True, v=True)
+
+
+def run(client: docker.DockerClient, image: str, command, timeout: int = 300, **kwargs) -> tuple[int, str]:
+    """Run a command in a fresh container, wait at most `timeout` s, return (exit code, output)."""
+    with container(client, image, command, **kwargs) as box:
+        try:
+            status = box.wait(timeout=timeout)
+        except Exception as err:  # requests' ReadTimeout: a hang must fail the test, not stall CI
+            raise AssertionError(f"{command!r} in {image} did not finish in {timeout} s") from err
+        return status["StatusCode"], box.logs().decode(errors="replace")
+
+
+def wait_healthy(box, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        box.reload()
+        health = box.attrs["State"].get("Health", {}).get("Status")
+        if health == "healthy":
+            return
+        if box.status == "exited":
+            raise AssertionError(f"{box.name} exited: {box.logs(tail=40).decode(errors='replace')}")
+        time.sleep(0.5)
+    raise AssertionError(f"{box.name} not healthy after {timeout} s")

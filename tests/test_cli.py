@@ -1,0 +1,80 @@
+"""The CLI as a user runs it, without a Docker engine: plan, list, errors and exit codes."""
+from __future__ import annotations
+
+import pytest
+
+from pytorch_cuda import cli, matrix, plan, render
+
+from .dockerutil import build_py
+
+NO_DAEMON = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+
+def test_dry_run_prints_the_plan_without_docker(real_matrix):
+    result = build_py("--cuda", "12.1", "--dry-run", env=NO_DAEMON)
+    assert result.returncode == 0, result.stderr
+    build = real_matrix.resolve(cuda="12.1")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("pytorch-cuda:")]
+    assert [line.split()[0] for line in lines] == [
+        f"pytorch-cuda:{build.torch}-cuda12.1-{variant}" for variant in ("runtime", "jupyter", "ssh")
+    ]
+    for value in (build.torch, build.cudnn, build.nccl, "12.1"):
+        assert value in lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cuda", "99.9"], "CUDA 99.9 is not in the matrix; supported:"),
+    (["--cuda", "12.1", "--torch", "1.0"], "torch 1.0 is not in the matrix; supported:"),
+    (["--cuda", "12.1", "--python", "2.7"], "Python 2.7"),
+    ([], "say what to build"),
+    (["--cuda", "12.1", "--push"], "--push needs --registry"),
+    (["--cuda", "12.1", "--ca-cert", "/nonexistent.pem"], "--ca-cert /nonexistent.pem: no such file"),
+    (["--cuda", "12.1", "--variant", "desktop"], "invalid choice: 'desktop'"),
+])
+def test_usage_errors_exit_2_with_one_line(args, message):
+    result = build_py(*args, env=NO_DAEMON)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_impossible_combination_lists_what_exists(real_matrix):
+    newest_cuda = real_matrix.cuda_versions()[-1]
+    result = build_py("--cuda", newest_cuda, "--torch", "2.1", env=NO_DAEMON)
+    assert result.returncode == 2
+    assert "no build for torch 2.1 with CUDA" in result.stderr and "combinations that exist" in result.stderr
+
+
+def test_daemon_down_is_one_clear_line():
+    result = build_py("--cuda", "12.1", env=NO_DAEMON)
+    assert result.returncode == 1
+    assert "cannot reach the Docker daemon" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_list_prints_every_tag_of_the_matrix(real_matrix):
+    result = build_py("--list", env=NO_DAEMON)
+    assert result.returncode == 0
+    rows = result.stdout.strip().splitlines()[1:]
+    assert len(rows) == len(real_matrix.newest_per_tag())
+    assert {tuple(r.split()[:2]) for r in rows} == {(b.torch, b.cuda) for b in real_matrix.newest_per_tag()}
+
+
+def test_committed_dockerfiles_match_the_templates(real_matrix):
+    """Golden files: `python build.py --all --render` regenerates them; a stale one fails here."""
+    specs = plan.plan(real_matrix, real_matrix.newest_per_tag())
+    stale = []
+    for spec in specs:
+        for path, text in render.rendered_files(spec, real_matrix.variant_packages.get(spec.variant, ())).items():
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path.relative_to(matrix.REPO_ROOT)))
+    assert not stale, f"run `python build.py --all --render`; stale: {stale[:5]}"
+    committed = {p for p in matrix.IMAGES_DIR.glob("*/*/Dockerfile")}
+    assert committed == {spec.dockerfile for spec in specs}, "a committed Dockerfile belongs to no tag"
+
+
+def test_describe_plan_is_a_table(real_matrix):
+    specs = plan.plan(real_matrix, [real_matrix.resolve(cuda="12.1")], variants=("runtime",))
+    text = cli.describe_plan(specs)
+    assert text.splitlines()[0].split()[:3] == ["TAG", "ALIASES", "TORCH"]

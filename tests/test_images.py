@@ -1,0 +1,131 @@
+"""Real builds with the real Docker engine: `build.py --cuda 12.1` and what its images hold."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytorch_cuda import ca
+
+from .dockerutil import build_py, run
+
+pytestmark = pytest.mark.docker
+
+
+def test_three_images_and_aliases_are_tagged(built, docker_client):
+    for variant in ("runtime", "jupyter", "ssh"):
+        spec = built[variant]
+        image = docker_client.images.get(spec.tag)
+        assert set(spec.aliases) <= set(image.tags), image.tags
+    output = built["_output"]
+    assert "3 of 3 images built" in output
+    for column in ("TAG", "STATUS", "TIME", "SIZE"):
+        assert column in output  # the summary table
+
+
+def test_torch_reports_the_tags_cuda(built, docker_client):
+    spec = built["runtime"]
+    code, out = run(docker_client, spec.tag, ["python", "-c", "import torch; print(torch.version.cuda)"])
+    assert code == 0, out
+    assert out.strip().splitlines()[-1] == spec.build.cuda
+
+
+def test_cudnn_and_nccl_load_with_the_matrix_versions(built, docker_client):
+    spec = built["runtime"]
+    probe = (
+        "import json, torch; "
+        "print(json.dumps({'cudnn': torch.backends.cudnn.version(), 'nccl': list(torch.cuda.nccl.version()), "
+        "'torch': torch.__version__, 'archs': torch._C._cuda_getArchFlags()}))"
+    )
+    code, out = run(docker_client, spec.tag, ["python", "-c", probe])
+    assert code == 0, out
+    found = json.loads(out.strip().splitlines()[-1])
+    major, minor, patch = (int(p) for p in spec.build.cudnn.split(".")[:3])
+    assert found["cudnn"] == major * 10000 + minor * 100 + patch  # cuDNN 9 encodes 9.1.0 as 90100
+    assert ".".join(map(str, found["nccl"])) == spec.build.nccl
+    assert found["torch"].split("+")[0] == spec.build.torch
+    if spec.build.archs:
+        assert set(spec.build.archs) <= set(found["archs"].split())
+
+
+def test_labels_match_the_matrix_and_the_inside(built, docker_client):
+    spec = built["runtime"]
+    labels = docker_client.images.get(spec.tag).labels
+    build = spec.build
+    expected = {
+        "io.pytorch-cuda.torch": build.torch, "io.pytorch-cuda.cuda": build.cuda, "io.pytorch-cuda.cudnn": build.cudnn,
+        "io.pytorch-cuda.nccl": build.nccl, "io.pytorch-cuda.python": spec.python,
+        "io.pytorch-cuda.min-driver": build.min_driver, "io.pytorch-cuda.variant": "runtime",
+        "org.opencontainers.image.version": f"{spec.stem}-runtime",
+    }
+    assert {k: labels.get(k) for k in expected} == expected
+    code, out = run(docker_client, spec.tag, ["python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    assert out.strip() == labels["io.pytorch-cuda.python"]
+    env = docker_client.images.get(spec.tag).attrs["Config"]["Env"]
+    assert f"NVIDIA_REQUIRE_CUDA=cuda>={build.cuda}" in env
+    assert "NVIDIA_VISIBLE_DEVICES=all" in env
+
+
+def test_runs_as_non_root_without_caches_or_apt_lists(built, docker_client):
+    spec = built["runtime"]
+    script = (
+        "id -un; id -u; "
+        "ls -A /var/lib/apt/lists | grep -v -x -e lock -e partial | wc -l; "
+        "ls -d /root/.cache/pip /home/pytorch/.cache/pip 2>/dev/null | wc -l; "
+        "ls /tmp/pip-ca.pem 2>/dev/null | wc -l"
+    )
+    code, out = run(docker_client, spec.tag, ["sh", "-c", script], user="")
+    assert code == 0, out
+    user, uid, lists, caches, ca_files = out.split()
+    assert (user, uid) == ("pytorch", "1000")
+    assert (lists, caches, ca_files) == ("0", "0", "0")
+
+
+def test_proxy_ca_is_in_no_layer_and_no_history(built, docker_client):
+    """The CA passed to pip must be absent from every final image, its filesystem and its history."""
+    ca_file = ca.find_ca_file(None)
+    if ca_file is None or not ca.build_arg_for(ca_file):
+        pytest.skip("this machine needs no extra CA for pip, so none was passed to the build")
+    # A line from the middle of the first extra certificate: unique to it, not a PEM header.
+    first = ca.build_arg_for(ca_file).split("-----END CERTIFICATE-----")[0]
+    needle = first.strip().splitlines()[len(first.strip().splitlines()) // 2]
+    for variant in ("runtime", "jupyter", "ssh"):
+        spec = built[variant]
+        history = docker_client.api.history(spec.tag)
+        for entry in history:
+            assert "PIP_CA_CERT" not in entry["CreatedBy"], (spec.tag, entry["CreatedBy"][:200])
+            assert needle not in entry["CreatedBy"]
+        assert not any("PIP_CA_CERT" in e for e in docker_client.images.get(spec.tag).attrs["Config"]["Env"])
+        # Text files anywhere an install could have left it; -I skips binaries quickly.
+        code, out = run(docker_client, spec.tag,
+                        ["sh", "-c", f"grep -rIl -F -e '{needle}' /etc /tmp /root /home /opt /usr/local /var 2>/dev/null | head -5; true"],
+                        user="root", entrypoint="")
+        assert code == 0
+        assert out.strip() == "", f"{spec.tag} holds the proxy CA in: {out}"
+
+
+def test_variants_share_the_runtime_layers(built, docker_client):
+    runtime_layers = docker_client.images.get(built["runtime"].tag).attrs["RootFS"]["Layers"]
+    for variant in ("jupyter", "ssh"):
+        layers = docker_client.images.get(built[variant].tag).attrs["RootFS"]["Layers"]
+        assert layers[: len(runtime_layers)] == runtime_layers, f"{variant} does not build on the runtime image"
+
+
+def test_no_change_rebuild_is_all_cache_hits(built):
+    result = build_py("--cuda", built["runtime"].build.cuda, "--verbose", timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = result.stdout + result.stderr
+    assert "Running in" not in output, "a step ran again although nothing changed"
+    assert output.count("Using cache") > 10
+
+
+def test_failing_step_leaves_no_tag(built, docker_client):
+    """pip cannot reach the given index: exit 1, a one-line error, no tag applied (and --keep-going goes on)."""
+    registry = "localhost:5999/pytorch-cuda-failtest"
+    result = build_py("--cuda", built["runtime"].build.cuda, "--registry", registry, "--keep-going",
+                      "--index-url", "http://127.0.0.1:9/simple", timeout=900)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "failed" in result.stdout and "skipped" in result.stdout  # summary: runtime failed, variants skipped
+    assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
+
+

@@ -1,0 +1,102 @@
+"""Tags, paths and the rendered Dockerfiles (pure: no Docker)."""
+import json
+import re
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from pytorch_cuda import matrix, plan, render
+
+FIXTURE = Path(__file__).parent / "fixtures" / "matrix.json"
+
+
+@pytest.fixture(scope="module")
+def m() -> matrix.Matrix:
+    return matrix.load(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def specs(m):
+    return {s.variant: s for s in plan.plan(m, [m.resolve(cuda="12.1")])}
+
+
+def test_tags_and_aliases(specs):
+    assert specs["jupyter"].tag == "pytorch-cuda:2.4.1-cuda12.1-jupyter"
+    assert specs["jupyter"].aliases == ("pytorch-cuda:v2.4-cuda12.1-jupyter",)
+    assert specs["ssh"].runtime_tag == "pytorch-cuda:2.4.1-cuda12.1-runtime"
+    assert specs["runtime"].dockerfile == matrix.IMAGES_DIR / "2.4.1-cuda12.1" / "runtime" / "Dockerfile"
+
+
+def test_runtime_first_and_variant_filter(m):
+    specs = plan.plan(m, [m.resolve(cuda="12.1")], variants=("ssh", "runtime"))
+    assert [s.variant for s in specs] == ["runtime", "ssh"]
+
+
+def test_registry_prefix_and_no_alias_on_old_patch(m):
+    old = m.resolve(cuda="12.1", torch="2.4.0")
+    spec = plan.plan(m, [old], variants=("jupyter",), registry="ghcr.io/acme/")[0]
+    assert spec.tag == "ghcr.io/acme/pytorch-cuda:2.4.0-cuda12.1-jupyter"
+    assert spec.runtime_tag == "ghcr.io/acme/pytorch-cuda:2.4.0-cuda12.1-runtime"
+    assert spec.default_runtime_tag == "pytorch-cuda:2.4.0-cuda12.1-runtime"
+    assert spec.aliases == ()
+
+
+def test_non_default_python_gets_its_own_tag_and_base(m):
+    spec = plan.plan(m, [m.resolve(cuda="12.4", python="3.13")], variants=("runtime",), python="3.13")[0]
+    assert spec.tag == "pytorch-cuda:2.6.0-cuda12.4-py3.13-runtime"
+    assert spec.base_image == "debian:trixie-slim"
+
+
+def test_runtime_dockerfile_pins_and_stages(specs):
+    text = render.render_dockerfile(specs["runtime"])
+    assert "torch==2.4.1 \\\n        torchvision==0.19.1 \\\n        torchaudio==2.4.1;" in text
+    stages = re.findall(r"^FROM (.+)$", text, re.M)
+    assert stages == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"]
+    builder, final = text.split("\nFROM ${BASE_IMAGE}\n")
+    # The CA reaches only the builder stage.
+    assert "ARG PIP_CA_CERT" in builder and "PIP_CA_CERT" not in final
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert re.search(r"^USER pytorch$", final, re.M)
+    assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.1"' in final
+    assert "NVIDIA_VISIBLE_DEVICES=all" in final and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in final
+    for package in ("gcc", "g++", "python3-dev"):
+        assert package in final  # torch.compile needs a compiler and Python.h
+    assert "--mount" not in text and "# syntax" not in text  # classic builder only
+
+
+def test_labels_carry_the_matrix(specs):
+    text = render.render_dockerfile(specs["runtime"])
+    labels = dict(re.findall(r'(io\.pytorch-cuda\.[\w-]+|org\.opencontainers\.image\.[\w.]+)="([^"]*)"', text))
+    assert labels["io.pytorch-cuda.cudnn"] == "9.1.0.70"
+    assert labels["io.pytorch-cuda.nccl"] == "2.20.5"
+    assert labels["io.pytorch-cuda.min-driver"] == "530.30.02"
+    assert labels["io.pytorch-cuda.archs"].split() == list(specs["runtime"].build.archs)
+    assert labels["org.opencontainers.image.version"] == "2.4.1-cuda12.1-runtime"
+
+
+def test_variants_build_from_runtime_and_share_the_base_block(m, specs):
+    jupyter = render.render_dockerfile(specs["jupyter"], m.variant_packages["jupyter"])
+    ssh = render.render_dockerfile(specs["ssh"])
+    for text in (jupyter, ssh):
+        assert "ARG RUNTIME_IMAGE=pytorch-cuda:2.4.1-cuda12.1-runtime" in text
+        assert "torch==" not in text  # torch is never reinstalled by a variant
+    assert "jupyterlab==" in jupyter and "COPY --from=builder /opt/added/ /" in jupyter
+    assert "PIP_CA_CERT" not in jupyter.split("\nFROM ${RUNTIME_IMAGE}\n")[1]
+    assert "rm -rf /var/lib/apt/lists/* /etc/ssh/ssh_host_*_key*" in ssh
+
+
+def test_manifest_matches_build(specs):
+    data = json.loads(render.render_manifest(specs["runtime"]))
+    assert data["torch"] == "2.4.1" and data["cuda"] == "12.1" and data["cudnn"] == "9.1.0.70"
+    assert data["user"] == plan.IMAGE_USER and data["python"] == "3.11"
+
+
+def test_rendering_is_deterministic(specs):
+    assert render.render_dockerfile(specs["runtime"]) == render.render_dockerfile(specs["runtime"])
+
+
+def test_undefined_template_variable_fails(tmp_path, specs):
+    (tmp_path / "runtime.Dockerfile.j2").write_text("FROM {{ spec.no_such_field_xyz }}\n")
+    with pytest.raises(jinja2.UndefinedError):
+        render.render_dockerfile(specs["runtime"], templates_dir=tmp_path)
