@@ -49,8 +49,13 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--render", action="store_true", help="write the rendered Dockerfiles under images/ and exit")
     how.add_argument("--list", action="store_true", help="print the supported matrix and exit")
     how.add_argument("--matrix", type=Path, default=matrix.MATRIX_FILE, help=argparse.SUPPRESS)
+    how.add_argument("--templates", type=Path, default=render.TEMPLATES_DIR, help=argparse.SUPPRESS)
     how.add_argument("--no-cache", action="store_true", help="build without the layer cache")
     how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
+    how.add_argument("--verify", action="store_true", help="run `verify` inside each image built (with GPUs when the "
+                                                           "engine has the nvidia runtime)")
+    how.add_argument("--preflight", metavar="TAG", help="say whether image TAG can use this host's GPUs, before "
+                                                        "starting any container")
     how.add_argument("-v", "--verbose", action="store_true", help="print the builder's full output")
     return p
 
@@ -109,7 +114,7 @@ def git_revision() -> str:
 
 def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> list[Result]:
     # Docker is imported here so --list, --dry-run and --render work without the SDK or a daemon.
-    from . import baseimage, docker_build
+    from . import baseimage, containers, docker_build
 
     client = docker_build.connect()
     ca_value = ca.build_arg_for(ca.find_ca_file(args.ca_cert))
@@ -128,7 +133,7 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
         if spec.variant != "runtime" and spec.runtime_tag in failed_runtimes:
             results.append(Result(spec.tag, "skipped", note=f"{spec.runtime_tag} failed"))
             continue
-        dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()))
+        dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), args.templates)
         dockerfile_path = spec.dockerfile.relative_to(matrix.REPO_ROOT).as_posix()
         files = {
             dockerfile_path: dockerfile.encode(),
@@ -163,8 +168,16 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
         # Tags only now: a failed build never leaves a tag pointing at a half-made image.
         docker_build.tag_image(client, image_id, (spec.tag, *spec.aliases))
         progress.finish("built")
-        results.append(Result(spec.tag, "built", progress.elapsed(), docker_build.image_size(client, spec.tag),
-                              aliases=spec.aliases))
+        result = Result(spec.tag, "built", progress.elapsed(), docker_build.image_size(client, spec.tag),
+                        aliases=spec.aliases)
+        if args.verify:
+            code, output = containers.run_verify(client, spec.tag)
+            result.verify = "passed" if code == 0 else f"FAILED (exit {code})"
+            progress.say(f"verify {spec.tag}: {result.verify}")
+            if code != 0:
+                for line in output.strip().splitlines()[-12:]:
+                    progress.say(f"    | {line}")
+        results.append(result)
     if args.push and all(r.status == "built" for r in results):
         for result in results:
             progress.say(f"pushing {result.tag} {' '.join(result.aliases)}")
@@ -172,10 +185,24 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
     return results
 
 
+def preflight_command(ref: str) -> int:
+    from . import containers, docker_build, preflight
+
+    client = docker_build.connect()
+    labels = containers.labels_of(client, ref)
+    findings = preflight.evaluate(labels, preflight.host_facts(containers.runtimes(client)))
+    print(table(["CHECK", "FINDING"], [[f.status, f.message] for f in findings]))
+    failed = [f for f in findings if f.status == "fail"]
+    print(f"{ref}: " + ("can use this host's GPUs" if not failed else f"cannot use this host's GPUs ({len(failed)} problem(s))"))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.push and not args.registry:
         raise UsageError("--push needs --registry (e.g. --registry ghcr.io/acme)")
+    if args.preflight:
+        return preflight_command(args.preflight)
     m = matrix.load(args.matrix)
     if args.list:
         print(list_matrix(m))
@@ -189,13 +216,13 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.dry_run:
         for spec in specs:  # rendering is part of the plan: a template error shows here too
-            render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()))
+            render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), args.templates)
         print(describe_plan(specs))
         return EXIT_OK
     started = time.monotonic()
     results = build_all(m, specs, args)
     print(summary(results))
-    failed = [r for r in results if r.status != "built"]
+    failed = [r for r in results if r.status != "built" or r.verify.startswith("FAILED")]
     print(f"{len(results) - len(failed)} of {len(results)} images built in {format_seconds(time.monotonic() - started)}")
     return EXIT_FAILED if failed else EXIT_OK
 

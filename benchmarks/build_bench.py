@@ -1,0 +1,122 @@
+"""Build speed and image size figures, measured in one run on this machine. Prints; asserts nothing.
+
+    .venv/bin/python benchmarks/build_bench.py [--cuda 12.1] [--skip-cold]
+
+1. pip download of the runtime's wheels on the host (the network floor of a cold build);
+2. cold build of the runtime image (--no-cache, under a throwaway registry prefix, removed after);
+3. no-change rebuild of runtime, jupyter and ssh;
+4. rebuild after a change to the jupyter template only: is the torch layer reused?
+5. runtime image size against its lower bound: base image + installed size of its Python packages.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+
+from pytorch_cuda import matrix, plan  # noqa: E402
+
+BENCH_REGISTRY = "bench.invalid/pytorch-cuda-bench"
+
+
+def timed(command: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return seconds, result
+
+
+def build_py(*args: str) -> tuple[float, subprocess.CompletedProcess]:
+    return timed([sys.executable, str(REPO / "build.py"), *args], cwd=REPO)
+
+
+def pip_download_seconds(build: matrix.Build, python: str) -> tuple[float, int]:
+    """Download the same wheels the image installs, for the image's platform, into a temp dir."""
+    with tempfile.TemporaryDirectory(prefix="bench-wheels-") as tmp:
+        env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""}  # no local wheels, no caps
+        seconds, _ = timed(
+            [sys.executable, "-m", "pip", "download", "--no-cache-dir", "-q", "--dest", tmp,
+             "--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64",
+             "--python-version", python, "--implementation", "cp", "--index-url", build.index_url,
+             *build.requirements],
+            env=env,
+        )
+        size = sum(p.stat().st_size for p in Path(tmp).iterdir())
+    return seconds, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cuda", default="12.1")
+    parser.add_argument("--skip-cold", action="store_true", help="skip the pip download and cold build (minutes)")
+    args = parser.parse_args()
+
+    client = docker.from_env(timeout=3600)
+    m = matrix.load()
+    build = m.resolve(cuda=args.cuda)
+    specs = {s.variant: s for s in plan.plan(m, [build])}
+    runtime = specs["runtime"]
+    figures: list[tuple[str, str]] = []
+
+    # Make sure the three images exist (not timed) so the rebuild figures start from a warm cache.
+    build_py("--cuda", args.cuda)
+
+    if not args.skip_cold:
+        download_s, download_bytes = pip_download_seconds(build, runtime.python)
+        figures.append(("pip download of the runtime wheels", f"{download_s:.1f} s ({download_bytes / 1e9:.2f} GB)"))
+        cold_s, _ = build_py("--cuda", args.cuda, "--variant", "runtime", "--no-cache", "--registry", BENCH_REGISTRY)
+        figures.append(("cold build of the runtime image (--no-cache)", f"{cold_s:.1f} s"))
+        figures.append(("cold build / pip download", f"{cold_s / download_s:.2f} x"))
+        for image in client.images.list(name=f"{BENCH_REGISTRY}/pytorch-cuda"):
+            for tag in image.tags:
+                client.images.remove(tag)
+
+    rebuild_s, _ = build_py("--cuda", args.cuda)
+    figures.append(("no-change rebuild of runtime + jupyter + ssh", f"{rebuild_s:.1f} s"))
+
+    runtime_id = client.images.get(runtime.tag).id
+    torch_layer = client.images.get(runtime.tag).attrs["RootFS"]["Layers"]
+    with tempfile.TemporaryDirectory(prefix="bench-templates-") as tmp:
+        templates = Path(tmp) / "templates"
+        shutil.copytree(REPO / "templates", templates)
+        jupyter = templates / "jupyter.Dockerfile.j2"
+        text = jupyter.read_text().replace(
+            "EXPOSE 8888", f"RUN echo 'benchmark change {time.time_ns()}' > /etc/pytorch-cuda/bench\nEXPOSE 8888", 1
+        )
+        jupyter.write_text(text)
+        changed_s, result = build_py("--cuda", args.cuda, "--templates", str(templates), "--verbose")
+    jupyter_layers = client.images.get(specs["jupyter"].tag).attrs["RootFS"]["Layers"]
+    reused = client.images.get(runtime.tag).id == runtime_id and jupyter_layers[: len(torch_layer)] == torch_layer
+    reinstalled = "torch==" in result.stdout + result.stderr and "Downloading torch" in result.stdout + result.stderr
+    figures.append(("rebuild after a jupyter-only template change", f"{changed_s:.1f} s"))
+    figures.append(("torch layer reused by that rebuild", "yes" if reused and not reinstalled else "NO"))
+    build_py("--cuda", args.cuda)  # put the committed jupyter image back
+
+    size = client.images.get(runtime.tag).attrs["Size"]
+    base_size = client.images.get(runtime.base_image).attrs["Size"]
+    venv = client.containers.run(runtime.tag, ["du", "-sb", "/opt/venv"], remove=True).decode().split()[0]
+    bound = base_size + int(venv)
+    figures.append(("runtime image size", f"{size / 1e9:.2f} GB"))
+    figures.append(("lower bound: base + Python packages", f"{bound / 1e9:.2f} GB ({base_size / 1e6:.0f} MB + {int(venv) / 1e9:.2f} GB)"))
+    figures.append(("size / lower bound", f"{size / bound:.3f} x"))
+
+    width = max(len(name) for name, _ in figures)
+    print(f"pytorch-cuda build benchmark: torch {build.torch}, CUDA {build.cuda}, {os.cpu_count()} CPUs")
+    for name, value in figures:
+        print(f"  {name.ljust(width)}  {value}")
+
+
+if __name__ == "__main__":
+    main()
