@@ -23,7 +23,8 @@ from .errors import BaseImageError
 log = logging.getLogger(__name__)
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-_DEBIAN = re.compile(r"^(?:docker\.io/)?(?:library/)?debian:(?P<suite>[a-z]+)(?P<slim>-slim)?$")
+# debian:<suite>[-slim], also under a registry or namespace prefix (a site's own mirror of it).
+_DEBIAN = re.compile(r"^(?:[^:]+/)?debian:(?P<suite>[a-z]+)(?P<slim>-slim)?$")
 # What Debian's own -slim images leave out.
 SLIM_EXCLUDES = (
     "path-exclude=/usr/share/man/*",
@@ -32,6 +33,30 @@ SLIM_EXCLUDES = (
     "path-exclude=/usr/share/locale/*",
     "path-exclude=/usr/share/info/*",
 )
+
+
+# apt settings of Debian's container images: nothing cached after an install, no translations.
+APT_CONFIG = {
+    "docker-clean": (
+        'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb '
+        '/var/cache/apt/*.bin || true"; };\n'
+        'Dir::Cache::pkgcache "";\nDir::Cache::srcpkgcache "";\n'
+    ),
+    "docker-no-languages": 'Acquire::Languages "none";\n',
+    "docker-gzip-indexes": 'Acquire::GzipIndexes "true";\n',
+    "docker-autoremove-suggests": 'APT::AutoRemove::SuggestsImportant "false";\n',
+}
+
+
+def write_apt_config(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in APT_CONFIG.items():
+        (directory / name).write_text(text)
+        written.append(directory / name)
+    return written
 
 
 def debian_suite(image: str) -> str | None:
@@ -58,14 +83,16 @@ def try_pull(client: docker.DockerClient, image: str) -> str | None:
         return " ".join(str(err).split())[:200]
 
 
-def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path) -> list[str]:
+def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_config: list[Path]) -> list[str]:
     """The command that writes a minbase root filesystem tarball for `suite` to `output`."""
     if shutil.which("mmdebstrap"):
         command = ["mmdebstrap", "--variant=minbase", "--quiet"]
         if slim:
             command += [f"--dpkgopt={opt}" for opt in SLIM_EXCLUDES]
-        # apt's package lists are not part of a Debian base image.
-        command += ["--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/*", suite, str(output), mirror]
+        command += [f"--customize-hook=copy-in {path} /etc/apt/apt.conf.d" for path in apt_config]
+        # apt's package lists and caches are not part of a Debian base image.
+        command += ["--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin",
+                    suite, str(output), mirror]
         return command
     if shutil.which("debootstrap"):
         # debootstrap writes a directory; the caller tars it.
@@ -89,19 +116,24 @@ def make_debian_image(
     slim = image.endswith("-slim")
     with tempfile.TemporaryDirectory(prefix="pytorch-cuda-base-") as tmp:
         target = Path(tmp) / "rootfs.tar"
-        command = bootstrap_command(suite, slim, mirror, target)
+        apt_config = write_apt_config(Path(tmp) / "apt.conf.d")
+        command = bootstrap_command(suite, slim, mirror, target, apt_config)
         say(f"making {image} from Debian packages ({command[0]} {suite}, {mirror})")
         if command[0] == "debootstrap":
             rootfs = Path(tmp) / "rootfs"
             command[-2] = str(rootfs)
             _run(command, image)
+            write_apt_config(rootfs / "etc/apt/apt.conf.d")
             shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
             _run(["tar", "-C", str(rootfs), "-cf", str(target), "."], image)
         else:
             _run(command, image)
         repository, _, tag = image.rpartition(":")
-        with open(target, "rb") as stream:
-            client.api.import_image_from_stream(stream, repository=repository, tag=tag, changes=['CMD ["bash"]'])
+        # From the file: docker-py's import_image_from_stream sends a malformed chunked body.
+        try:
+            client.api.import_image_from_file(str(target), repository=repository, tag=tag, changes=['CMD ["bash"]'])
+        except (docker.errors.APIError, requests.exceptions.RequestException) as err:
+            raise BaseImageError(f"docker import of {image} failed: {' '.join(str(err).split())[:200]}") from None
     if not exists_locally(client, image):
         raise BaseImageError(f"imported {image} but the daemon does not list it")
 
