@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -52,6 +53,10 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--templates", type=Path, default=render.TEMPLATES_DIR, help=argparse.SUPPRESS)
     how.add_argument("--no-cache", action="store_true", help="build without the layer cache")
     how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
+    how.add_argument("--no-alias", action="store_true", help="do not apply the short vX.Y alias tags (CI moves them "
+                                                             "only after verify passed)")
+    how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON (one "
+                                                              "entry per tag; --variant filters) and exit")
     how.add_argument("--verify", action="store_true", help="run `verify` inside each image built (with GPUs when the "
                                                            "engine has the nvidia runtime)")
     how.add_argument("--preflight", metavar="TAG", help="say whether image TAG can use this host's GPUs, before "
@@ -93,6 +98,19 @@ def select_builds(m: matrix.Matrix, args: argparse.Namespace) -> list[matrix.Bui
     return [m.resolve(cuda=args.cuda, torch=args.torch, python=args.python)]
 
 
+def ci_matrix(specs: list[plan.ImageSpec]) -> dict:
+    """strategy.matrix for the workflow: one entry per tag, from the same plan every build uses."""
+    return {"include": [
+        {
+            "tag": spec.tag.split(":", 1)[1], "stem": spec.stem, "variant": spec.variant,
+            "torch": spec.build.torch, "cuda": spec.build.cuda, "python": spec.python,
+            "alias": spec.aliases[0].split(":", 1)[1] if spec.aliases else "",
+            "build_args": f"--torch {spec.build.torch} --cuda {spec.build.cuda} --python {spec.python}",
+        }
+        for spec in specs
+    ]}
+
+
 def write_rendered(m: matrix.Matrix, specs: list[plan.ImageSpec]) -> list[Path]:
     written = []
     for spec in specs:
@@ -112,12 +130,11 @@ def git_revision() -> str:
         return ""
 
 
-def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> list[Result]:
+def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace, ca_value: str) -> list[Result]:
     # Docker is imported here so --list, --dry-run and --render work without the SDK or a daemon.
     from . import baseimage, containers, docker_build
 
     client = docker_build.connect()
-    ca_value = ca.build_arg_for(ca.find_ca_file(args.ca_cert))
     progress = Progress(verbose=args.verbose)
     for base in sorted({s.base_image for s in specs if s.variant == "runtime"}):
         how = baseimage.ensure_base_image(client, base, make=args.bootstrap_base, mirror=args.debian_mirror,
@@ -166,10 +183,11 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
                 return results
             continue
         # Tags only now: a failed build never leaves a tag pointing at a half-made image.
-        docker_build.tag_image(client, image_id, (spec.tag, *spec.aliases))
+        aliases = () if args.no_alias else spec.aliases
+        docker_build.tag_image(client, image_id, (spec.tag, *aliases))
         progress.finish("built")
         result = Result(spec.tag, "built", progress.elapsed(), docker_build.image_size(client, spec.tag),
-                        aliases=spec.aliases)
+                        aliases=aliases)
         if args.verify:
             code, output = containers.run_verify(client, spec.tag)
             result.verify = "passed" if code == 0 else f"FAILED (exit {code})"
@@ -210,6 +228,9 @@ def run(argv: list[str] | None = None) -> int:
     builds = select_builds(m, args)
     variants = tuple(args.variant) if args.variant else plan.VARIANTS
     specs = plan.plan(m, builds, variants=variants, python=args.python, base_image=args.base, registry=args.registry)
+    if args.ci_matrix:
+        print(json.dumps(ci_matrix(specs), separators=(",", ":")))
+        return EXIT_OK
     if args.render:
         written = write_rendered(m, specs)
         print(f"rendered {len(specs)} Dockerfiles; {len(written)} files changed")
@@ -219,8 +240,9 @@ def run(argv: list[str] | None = None) -> int:
             render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), args.templates)
         print(describe_plan(specs))
         return EXIT_OK
+    ca_value = ca.build_arg_for(ca.find_ca_file(args.ca_cert))  # bad input fails before Docker is touched
     started = time.monotonic()
-    results = build_all(m, specs, args)
+    results = build_all(m, specs, args, ca_value)
     print(summary(results))
     failed = [r for r in results if r.status != "built" or r.verify.startswith("FAILED")]
     print(f"{len(results) - len(failed)} of {len(results)} images built in {format_seconds(time.monotonic() - started)}")
@@ -234,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     except PytorchCudaError as err:
         print(f"build.py: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # `build.py --list | head`
+        sys.stderr.close()
+        return EXIT_OK
     except KeyboardInterrupt:
         print("build.py: interrupted; no tag was applied to an unfinished image", file=sys.stderr)
         return 130

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 CONTEXT_DIRS = ("verify", "image-files")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _ARG = re.compile(r"^ARG ([A-Za-z_][A-Za-z0-9_]*)", re.M)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the builder colours a step's stderr
 LOG_TAIL_LINES = 30
 
 
@@ -113,7 +114,7 @@ def build_image(
                 message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
                 raise BuildFailed(tag, step, _one_line(message), list(tail))
             text = chunk.get("stream", "")
-            for line in text.splitlines():
+            for line in _ANSI.sub("", text).splitlines():
                 line = line.rstrip()
                 if not line:
                     continue

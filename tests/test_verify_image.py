@@ -1,0 +1,88 @@
+"""`verify` inside the real runtime image, on this GPU-less machine, and build.py's --verify and --preflight."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .dockerutil import build_py, container
+
+pytestmark = pytest.mark.docker
+
+
+def _verify_report(docker_client, tag: str, *args: str, **run_kwargs) -> tuple[int, dict, str]:
+    """Run `verify --json` in a container and read the report back out of it."""
+    script = f"verify --json /tmp/report.json {' '.join(args)}; code=$?; echo '@@REPORT@@'; cat /tmp/report.json; exit $code"
+    with container(docker_client, tag, ["sh", "-c", script], entrypoint="", **run_kwargs) as box:
+        code = box.wait(timeout=300)["StatusCode"]
+        output = box.logs().decode(errors="replace")
+    table, _, report = output.partition("@@REPORT@@")
+    return code, json.loads(report), table
+
+
+def _checks(report: dict) -> dict[str, dict]:
+    return {check["name"]: check for check in report["checks"]}
+
+
+def test_verify_passes_in_the_runtime_image_without_gpu(built, docker_client):
+    spec = built["runtime"]
+    code, report, table = _verify_report(docker_client, spec.tag, shm_size="1g")
+    assert code == 0, table
+    checks = _checks(report)
+    for name in ("environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"):
+        assert name in checks, f"{name} missing from the report"
+    for name in ("autograd", "compile", "train", "environment", "shm"):
+        assert checks[name]["status"] == "pass", (name, checks[name])
+    for name in ("driver", "cuda"):
+        assert checks[name]["status"] == "skip" and checks[name]["reason"], checks[name]
+    # The versions that loaded are the matrix's, even without a GPU.
+    assert json.dumps(checks["cudnn"]).count(spec.build.cudnn.rsplit(".", 1)[0]) >= 1, checks["cudnn"]
+    assert spec.build.nccl in json.dumps(checks["nccl"]), checks["nccl"]
+    assert "not" in table.lower() or "skip" in table.lower()  # says what it could not check
+
+
+def test_verify_compile_runs_as_the_non_root_user(built, docker_client):
+    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "compile")
+    assert code == 0, table
+    assert "pytorch" in json.dumps(_checks(report)["compile"]), _checks(report)["compile"]
+
+
+def test_tiny_shm_fails_with_the_fix(built, docker_client):
+    """Docker's default /dev/shm is 64 MB; with 1 MB a DataLoader with workers cannot share tensors."""
+    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "shm", shm_size="1m")
+    shm = _checks(report)["shm"]
+    assert code == 1 and shm["status"] == "fail", shm
+    assert "--shm-size" in shm["reason"] or "ipc" in shm["reason"], shm["reason"]
+
+
+def test_default_docker_shm_warns(built, docker_client):
+    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "shm")
+    shm = _checks(report)["shm"]
+    assert shm["status"] in ("warn", "fail"), shm  # 64 MB: too small for real DataLoader work
+    assert "--shm-size" in shm["reason"], shm["reason"]
+
+
+def test_require_gpu_fails_on_this_machine(built, docker_client):
+    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "cuda,driver", "--require-gpu")
+    assert code == 1
+    assert {c["status"] for c in report["checks"]} == {"fail"}
+
+
+def test_build_py_verify_shows_results_in_summary(built):
+    result = build_py("--cuda", built["runtime"].build.cuda, "--variant", "runtime", "--verify", timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary_row = next(line for line in result.stdout.splitlines() if line.startswith(built["runtime"].tag))
+    assert "passed" in summary_row
+
+
+def test_preflight_on_this_host_says_why_not(built):
+    result = build_py("--preflight", built["runtime"].tag)
+    assert result.returncode == 1
+    assert "no NVIDIA driver on this host" in result.stdout
+    assert "cannot use this host's GPUs" in result.stdout
+
+
+def test_preflight_of_a_missing_image_is_one_line():
+    result = build_py("--preflight", "pytorch-cuda:0.0.0-cuda0.0-runtime")
+    assert result.returncode == 1
+    assert "is not here" in result.stderr and len(result.stderr.strip().splitlines()) == 1
