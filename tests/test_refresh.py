@@ -1,0 +1,555 @@
+"""The matrix refresh tool: pure parsing and selection, Range reading against a local server.
+
+Only the last test goes to PyPI (marked ``network``): it regenerates the torch 2.4.1 entry and
+compares it with the committed one, which shows the file came from wheel metadata.
+"""
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import re
+import threading
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from packaging.requirements import Requirement
+
+from pytorch_cuda import refresh
+from pytorch_cuda.refresh import (
+    CompanionMatcher,
+    RefreshError,
+    applicable_requirements,
+    component_pin,
+    cuda_from_runtime,
+    cuda_of_version_py,
+    exact_pin,
+    find_arch_list,
+    merge,
+    nvidia_pins,
+    parse_index,
+    python_of_tag,
+    render,
+    select_wheels,
+    triton_pin,
+)
+from pytorch_cuda.wheelmeta import (
+    Http,
+    HttpError,
+    HttpRangeFile,
+    IndexFile,
+    MetadataReader,
+    RemoteWheel,
+    parse_simple_html,
+    parse_simple_json,
+    parse_wheel_filename,
+)
+REPO = Path(__file__).resolve().parent.parent
+
+LINUX = 'platform_system == "Linux" and platform_machine == "x86_64"'
+
+TORCH_CU12_METADATA = f"""\
+Metadata-Version: 2.1
+Name: torch
+Version: 2.4.1
+Requires-Dist: filelock
+Requires-Dist: sympy
+Requires-Dist: nvidia-cuda-runtime-cu12==12.1.105; {LINUX}
+Requires-Dist: nvidia-cudnn-cu12==9.1.0.70; {LINUX}
+Requires-Dist: nvidia-cublas-cu12==12.1.3.1; {LINUX}
+Requires-Dist: nvidia-nccl-cu12==2.20.5; {LINUX}
+Requires-Dist: nvidia-cusparselt-cu12>=0.6; {LINUX}
+Requires-Dist: nvidia-nvtx-cu12==12.1.105; platform_system == "Windows"
+Requires-Dist: nvidia-cufft-cu12==11.0.2.54; platform_machine == "aarch64"
+Requires-Dist: triton==3.0.0; {LINUX} and python_version < "3.13"
+Requires-Dist: opt-einsum>=3.3; extra == "opt-einsum"
+
+Tensors and dynamic neural networks.
+"""
+
+TORCH_CU13_METADATA = """\
+Metadata-Version: 2.4
+Name: torch
+Version: 2.11.0
+Requires-Dist: cuda-toolkit[cublas,cudart]==13.0.2; platform_system == "Linux"
+Requires-Dist: cuda-bindings<14,>=13.0.3; platform_system == "Linux"
+Requires-Dist: nvidia-cudnn-cu13==9.19.0.56; platform_system == "Linux"
+Requires-Dist: nvidia-nccl-cu13==2.28.9; platform_system == "Linux"
+Requires-Dist: triton==3.6.0; platform_system == "Linux"
+"""
+
+CUDA_TOOLKIT_METADATA = """\
+Metadata-Version: 2.4
+Name: cuda-toolkit
+Version: 13.0.2
+Provides-Extra: cublas
+Requires-Dist: nvidia-cublas==13.1.0.3.*; (sys_platform == 'linux' or sys_platform == 'win32') and extra == 'cublas'
+Provides-Extra: cudart
+Requires-Dist: nvidia-cuda-runtime==13.0.96.*; (sys_platform == 'linux' or sys_platform == 'win32') and extra == 'cudart'
+Provides-Extra: cufft
+Requires-Dist: nvidia-cufft==12.0.0.61.*; (sys_platform == 'linux' or sys_platform == 'win32') and extra == 'cufft'
+Requires-Dist: nvidia-npp==13.0.1.2.*; sys_platform == 'win32' and extra == 'cudart'
+"""
+
+
+# ------------------------------------------------------------ requirements
+
+
+def test_requirements_apply_linux_x86_64_markers_only():
+    names = [r.name for r in applicable_requirements(TORCH_CU12_METADATA, "3.12")]
+    assert names == [
+        "filelock", "sympy", "nvidia-cuda-runtime-cu12", "nvidia-cudnn-cu12",
+        "nvidia-cublas-cu12", "nvidia-nccl-cu12", "nvidia-cusparselt-cu12", "triton",
+    ]
+    # python_version markers are evaluated for the wheel's own Python.
+    assert "triton" not in [r.name for r in applicable_requirements(TORCH_CU12_METADATA, "3.13")]
+
+
+@pytest.mark.parametrize(
+    "line, pin",
+    [
+        ("a==1.2.3", "1.2.3"),
+        ("a===1.2.3", "1.2.3"),
+        ("a (==2.9.0)", "2.9.0"),
+        ("a==13.0.96.*", "13.0.96.*"),
+        ("a>=1", None),
+        ("a~=3.8.0", None),
+        ("a<=13.1.1.3,>=13.1.0.3", None),
+        ("a", None),
+    ],
+)
+def test_exact_pin(line, pin):
+    assert exact_pin(Requirement(line)) == pin
+
+
+def test_nvidia_pins_are_exact_linux_pins_only():
+    pins = nvidia_pins(TORCH_CU12_METADATA, "3.12")
+    assert pins == {
+        "nvidia-cuda-runtime-cu12": "12.1.105",
+        "nvidia-cudnn-cu12": "9.1.0.70",
+        "nvidia-cublas-cu12": "12.1.3.1",
+        "nvidia-nccl-cu12": "2.20.5",
+    }
+    assert triton_pin(TORCH_CU12_METADATA, "3.12") == "3.0.0"
+    assert triton_pin(TORCH_CU12_METADATA, "3.13") is None
+
+
+def test_cuda13_meta_package_is_expanded_for_its_extras():
+    asked = []
+
+    def expand(name, version, extras):
+        asked.append((name, version, extras))
+        return CUDA_TOOLKIT_METADATA
+
+    pins = nvidia_pins(TORCH_CU13_METADATA, "3.12", expand)
+    assert asked == [("cuda-toolkit", "13.0.2", frozenset({"cublas", "cudart"}))]
+    assert pins == {
+        "cuda-toolkit": "13.0.2",
+        "nvidia-cublas": "13.1.0.3.*",
+        "nvidia-cuda-runtime": "13.0.96.*",  # cufft: extra not asked for; npp: Windows only
+        "nvidia-cudnn-cu13": "9.19.0.56",
+        "nvidia-nccl-cu13": "2.28.9",
+    }
+    assert component_pin(pins, "nvidia-cuda-runtime") == "13.0.96.*"
+    assert component_pin(pins, "nvidia-cudnn") == "9.19.0.56"
+    assert cuda_from_runtime(component_pin(pins, "nvidia-cuda-runtime")) == "13.0"
+
+
+def test_cpu_build_has_no_nvidia_pins():
+    assert nvidia_pins("Name: torch\nVersion: 2.4.1\nRequires-Dist: filelock\n", "3.12") == {}
+
+
+def test_component_pin_naming_and_ambiguity():
+    assert component_pin({"nvidia-nccl-cu12": "2.20.5"}, "nvidia-nccl") == "2.20.5"
+    assert component_pin({"nvidia-nccl-cu13": "2.28.9"}, "nvidia-nccl") == "2.28.9"
+    assert component_pin({"nvidia-nccl": "2.30.1"}, "nvidia-nccl") == "2.30.1"
+    assert component_pin({"nvidia-nccl-cu12": "2.20.5"}, "nvidia-cudnn") is None
+    assert component_pin({"nvidia-cuda-runtime-cu12": "1"}, "nvidia-cuda") is None
+    with pytest.raises(RefreshError):
+        component_pin({"nvidia-nccl-cu12": "2.20.5", "nvidia-nccl-cu13": "2.28.9"}, "nvidia-nccl")
+
+
+@pytest.mark.parametrize(
+    "pin, cuda", [("12.1.105", "12.1"), ("12.4.127", "12.4"), ("13.0.96.*", "13.0"), ("12.8", "12.8")]
+)
+def test_cuda_from_runtime_pin(pin, cuda):
+    assert cuda_from_runtime(pin) == cuda
+
+
+def test_cuda_from_runtime_pin_rejects_nonsense():
+    with pytest.raises(RefreshError):
+        cuda_from_runtime("twelve")
+
+
+def test_cuda_of_version_py():
+    assert cuda_of_version_py("__version__ = '2.1.0+cu121'\ncuda = '12.1'\n") == "12.1"
+    assert cuda_of_version_py("cuda: Optional[str] = '13.0'\n") == "13.0"
+    assert cuda_of_version_py("cuda: Optional[str] = None\n") is None
+
+
+# ------------------------------------------------------------------ wheels
+
+
+def _f(name: str, yanked: bool = False) -> IndexFile:
+    return IndexFile(name, f"https://files.example/{name}", yanked=yanked)
+
+
+def test_select_wheels_picks_linux_x86_64_cpython_wheels():
+    files = [
+        _f("torch-2.4.1-cp38-cp38-manylinux1_x86_64.whl"),
+        _f("torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl"),
+        _f("torch-2.4.1-cp310-cp310-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"),
+        _f("torch-2.4.1-cp311-cp311-manylinux2014_aarch64.whl"),
+        _f("torch-2.4.1-cp311-cp311-macosx_11_0_arm64.whl"),
+        _f("torch-2.4.1-cp311-cp311-win_amd64.whl"),
+        _f("torch-2.4.1-cp313-cp313t-manylinux_2_28_x86_64.whl"),  # free-threaded
+        _f("torch-2.4.1-cp39-cp39-manylinux1_x86_64.whl", yanked=True),
+        _f("torch-2.4.1.tar.gz"),
+        _f("torchvision-0.19.1-cp311-cp311-manylinux1_x86_64.whl"),
+        _f("torch-2.5.0rc1-cp311-cp311-manylinux1_x86_64.whl"),
+        _f("torch-2.4.1+cu121-cp311-cp311-linux_x86_64.whl"),  # per-CUDA index naming
+    ]
+    grouped = select_wheels(files, "torch")
+    assert sorted(grouped) == ["2.4.1", "2.4.1+cu121", "2.5.0rc1"]
+    assert refresh.sort_pythons(grouped["2.4.1"]) == ["3.8", "3.10", "3.12"]
+    assert list(grouped["2.4.1+cu121"]) == ["3.11"]
+    assert not refresh.is_final("2.5.0rc1") and refresh.is_final("2.4.1+cu121")
+
+
+def test_select_wheels_prefers_the_highest_build_tag():
+    files = [
+        _f("torch-2.10.0-cp312-cp312-manylinux_2_28_x86_64.whl"),
+        _f("torch-2.10.0-3-cp312-cp312-manylinux_2_28_x86_64.whl"),
+        _f("torch-2.10.0-1-cp312-cp312-manylinux_2_28_x86_64.whl"),
+    ]
+    chosen = select_wheels(files, "torch")["2.10.0"]["3.12"]
+    assert chosen.filename == "torch-2.10.0-3-cp312-cp312-manylinux_2_28_x86_64.whl"
+
+
+def test_wheel_filename_and_python_tags():
+    w = parse_wheel_filename("torch-2.10.0-3-cp314-cp314t-manylinux_2_28_x86_64.whl")
+    assert (w.version, w.build, w.pythons, w.abis) == ("2.10.0", (3, ""), ("cp314",), ("cp314t",))
+    assert parse_wheel_filename("torch-2.4.1.tar.gz") is None
+    assert python_of_tag("cp38") == "3.8" and python_of_tag("cp315") == "3.15"
+    assert python_of_tag("cp313t") is None and python_of_tag("py3") is None
+
+
+def test_refresher_releases_and_pythons_from_a_file_list():
+    r = refresh.Refresher({"pypi": "https://pypi.example/simple"}, {})
+    r._files[("pypi", "torch")] = [
+        _f("torch-2.0.1-cp311-cp311-manylinux1_x86_64.whl"),
+        _f("torch-2.1.0-cp311-cp311-manylinux1_x86_64.whl"),
+        _f("torch-2.1.0-cp38-cp38-manylinux1_x86_64.whl"),
+        _f("torch-2.10.0-cp312-cp312-manylinux_2_28_x86_64.whl"),
+        _f("torch-2.9.0-cp314-cp314t-manylinux_2_28_x86_64.whl"),
+        _f("torch-2.11.0.dev20260101-cp312-cp312-manylinux_2_28_x86_64.whl"),
+    ]
+    releases = r.releases("pypi", "2.1")
+    assert [(x.version, refresh.sort_pythons(x.wheels)) for x in releases] == [
+        ("2.1.0", ["3.8", "3.11"]),
+        ("2.10.0", ["3.12"]),
+    ]
+    assert [x.version for x in r.releases("pypi", "2.1", ["2.10.0"])] == ["2.10.0"]
+
+
+# ----------------------------------------------------------- arch string
+
+
+def test_find_arch_list_in_binary_rodata():
+    blob = (
+        b"\x7fELF\x00junk\x00requires sm_80\x00"
+        # glued to a preceding string_view literal (no NUL between), as in torch 2.9's .so
+        + b"std::string ipc_hsm_70 sm_75 sm_80 sm_86 sm_90 sm_100 sm_120\x00more\x00"
+    )
+    assert find_arch_list(blob) == ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+    assert find_arch_list(b"\x00sm_90a compute_90a\x00") == ["sm_90a", "compute_90a"]
+    assert find_arch_list(b"\x00sm_50 sm_60\x00\x00sm_70 sm_80\x00") is None  # ambiguous
+    assert find_arch_list(b"nothing here\x00") is None
+
+
+# ------------------------------------------------------------ simple API
+
+
+def test_parse_simple_html_pep503():
+    page = """<!DOCTYPE html><html><body>
+    <a href="/whl/cu121/torch-2.4.1%2Bcu121-cp311-cp311-linux_x86_64.whl#sha256=AB12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12"
+       data-dist-info-metadata="sha256=00">torch-2.4.1+cu121-cp311-cp311-linux_x86_64.whl</a><br/>
+    <a href="torch-2.4.0-cp311-cp311-linux_x86_64.whl" data-yanked="">torch-2.4.0-cp311-cp311-linux_x86_64.whl</a>
+    </body></html>"""
+    files = parse_simple_html(page, "https://download.example/whl/cu121/torch/")
+    assert files[0] == IndexFile(
+        "torch-2.4.1+cu121-cp311-cp311-linux_x86_64.whl",
+        "https://download.example/whl/cu121/torch-2.4.1%2Bcu121-cp311-cp311-linux_x86_64.whl",
+        "ab12" * 16, False, True,
+    )
+    assert files[1].url == "https://download.example/whl/cu121/torch/torch-2.4.0-cp311-cp311-linux_x86_64.whl"
+    assert files[1].yanked and files[1].core_metadata is None
+
+
+def test_parse_simple_json_pep691():
+    data = {"files": [
+        {"filename": "a-1-py3-none-any.whl", "url": "../../a-1-py3-none-any.whl",
+         "hashes": {"sha256": "ff"}, "core-metadata": {"sha256": "ee"}},
+        {"filename": "a-2-py3-none-any.whl", "url": "https://f.example/a-2-py3-none-any.whl",
+         "hashes": {}, "yanked": "broken", "core-metadata": False},
+    ]}
+    files = parse_simple_json(data, "https://i.example/simple/a/")
+    assert files[0] == IndexFile("a-1-py3-none-any.whl", "https://i.example/a-1-py3-none-any.whl",
+                                 "ff", False, True)
+    assert files[1].yanked and files[1].core_metadata is False
+
+
+def test_parse_index_argument():
+    assert parse_index("cu121=https://download.pytorch.org/whl/cu121/") == (
+        "cu121", "https://download.pytorch.org/whl/cu121")
+    assert parse_index("https://download.pytorch.org/whl/cu124") == (
+        "cu124", "https://download.pytorch.org/whl/cu124")
+    assert parse_index("https://pypi.org/simple") == ("pypi", "https://pypi.org/simple")
+
+
+# ----------------------------------------------------- local Range server
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, tuple[bytes, str]] = {}
+    honour_range = True
+    log: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        self.log.append(f"{self.path} {self.headers.get('Range', '')}")
+        if self.path not in self.files:
+            self.send_error(404)
+            return
+        body, ctype = self.files[self.path]
+        rng = self.headers.get("Range")
+        if rng and self.honour_range:
+            m = re.fullmatch(r"bytes=(\d*)-(\d*)", rng)
+            assert m, rng
+            if m.group(1) == "":
+                start, end = max(0, len(body) - int(m.group(2))), len(body) - 1
+            else:
+                start = int(m.group(1))
+                end = min(int(m.group(2)) if m.group(2) else len(body) - 1, len(body) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+            body = body[start : end + 1]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("Handler", (_Handler,), {"files": {}, "log": [], "honour_range": True})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _wheel_bytes() -> tuple[bytes, bytes]:
+    """A torch-like wheel: many members, a large incompressible one, METADATA and the .so."""
+    import os
+
+    so = os.urandom(3 << 20) + b"\x00sm_75 sm_80 sm_90\x00" + os.urandom(1 << 20)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(300):
+            zf.writestr(f"torch/include/h{i}.h", f"// header {i}\n" * 50)
+        zf.writestr("torch/lib/libtorch_cuda.so", os.urandom(8 << 20))
+        zf.writestr("torch/lib/libtorch_python.so", so)
+        zf.writestr("torch/version.py", "cuda: Optional[str] = '12.1'\n")
+        zf.writestr("torch-2.4.1.dist-info/METADATA", TORCH_CU12_METADATA)
+        zf.writestr("torch-2.4.1.dist-info/RECORD", "")
+    return buf.getvalue(), so
+
+
+def test_range_file_reads_one_member_of_a_remote_zip(server):
+    base, handler = server
+    wheel, so = _wheel_bytes()
+    handler.files["/torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl"] = (wheel, "application/zip")
+    http = Http(retries=0)
+    rf = HttpRangeFile(f"{base}/torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl", http)
+    assert rf.size == len(wheel)
+    with zipfile.ZipFile(rf) as zf:
+        assert len(zf.namelist()) == 305
+        assert zf.read("torch/version.py") == b"cuda: Optional[str] = '12.1'\n"
+        assert zf.read("torch/lib/libtorch_python.so") == so
+    # Only Range requests; the 8 MB member and most of the file were never fetched.
+    assert all("bytes=" in line for line in handler.log)
+    assert rf.fetched < len(so) + (1 << 20) < len(wheel)
+    assert rf.requests <= 6
+    # Reads served from the cache cost no request.
+    before = rf.requests
+    rf.seek(-100, io.SEEK_END)
+    assert rf.read(100) == wheel[-100:]
+    assert rf.requests == before
+
+
+def test_range_file_seek_and_partial_reads(server):
+    base, handler = server
+    data = bytes(range(256)) * 4096  # 1 MiB
+    handler.files["/blob"] = (data, "application/octet-stream")
+    rf = HttpRangeFile(f"{base}/blob", Http(retries=0), block=1000)
+    assert rf.seek(5000) == 5000
+    assert rf.read(10) == data[5000:5010]
+    assert rf.tell() == 5010
+    rf.seek(10, io.SEEK_CUR)
+    assert rf.read(3000) == data[5020:8020]
+    rf.seek(-5, io.SEEK_END)
+    assert rf.read() == data[-5:] and rf.read() == b""
+    with pytest.raises(OSError):
+        rf.seek(-1)
+
+
+def test_server_that_ignores_range_is_an_error(server):
+    base, handler = server
+    handler.honour_range = False
+    handler.files["/blob"] = (b"x" * 1000, "application/octet-stream")
+    with pytest.raises(HttpError, match="Range"):
+        HttpRangeFile(f"{base}/blob", Http(retries=0))
+
+
+def test_metadata_pep658_first_then_wheel_by_range(server):
+    base, handler = server
+    wheel, _ = _wheel_bytes()
+    handler.files["/a/torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl"] = (wheel, "application/zip")
+    handler.files["/b/torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl"] = (wheel, "application/zip")
+    handler.files["/b/torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl.metadata"] = (
+        b"Name: torch\nVersion: 2.4.1\n", "application/octet-stream")
+    reader = MetadataReader(Http(retries=0))
+    name = "torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl"
+    # No .metadata file (404): METADATA is read out of the wheel.
+    assert reader.metadata(IndexFile(name, f"{base}/a/{name}")) == TORCH_CU12_METADATA
+    assert (reader.via_pep658, reader.via_range) == (0, 1)
+    assert reader.metadata(IndexFile(name, f"{base}/b/{name}")).startswith("Name: torch")
+    assert (reader.via_pep658, reader.via_range) == (1, 1)
+    reader.metadata(IndexFile(name, f"{base}/a/{name}"))  # cached
+    assert (reader.via_pep658, reader.via_range) == (1, 1)
+    wheel_obj = RemoteWheel(f"{base}/a/{name}", Http(retries=0))
+    assert wheel_obj.dist_info_member("METADATA") == "torch-2.4.1.dist-info/METADATA"
+
+
+def test_index_html_fallback_and_arch_read_end_to_end(server):
+    """A PEP 503-only index (like download.pytorch.org) read through Refresher.build."""
+    base, handler = server
+    wheel, _ = _wheel_bytes()
+    name = "torch-2.4.1+cu121-cp312-cp312-linux_x86_64.whl"
+    handler.files[f"/whl/{name.replace('+', '%2B')}"] = (wheel, "application/zip")
+    handler.files["/whl/torch/"] = (
+        f'<a href="/whl/{name.replace("+", "%2B")}#sha256={"0" * 64}">{name}</a>'.encode(),
+        "text/html",
+    )
+    for project, version in (("torchvision", "0.19.1"), ("torchaudio", "2.4.1")):
+        comp = f"{project}-{version}+cu121-cp312-cp312-linux_x86_64.whl"
+        handler.files[f"/whl/{project}/"] = (f'<a href="/whl/{comp}">{comp}</a>'.encode(), "text/html")
+        handler.files[f"/whl/{comp}.metadata"] = (
+            f"Name: {project}\nVersion: {version}\nRequires-Dist: torch==2.4.1\n".encode(), "text/plain")
+    r = refresh.Refresher({"cu121": f"{base}/whl"}, {"12.1": "530.30.02"}, Http(retries=0))
+    builds = r.run("2.1")
+    assert len(builds) == 1
+    b = builds[0]
+    assert (b["torch"], b["cuda"], b["index"], b["pythons"]) == ("2.4.1", "12.1", "cu121", ["3.12"])
+    assert (b["torchvision"], b["torchaudio"], b["triton"]) == ("0.19.1", "2.4.1", "3.0.0")
+    assert b["archs"] == ["sm_75", "sm_80", "sm_90"]
+    assert b["archs_source"] == "torch/lib/libtorch_python.so"
+    assert b["min_driver"] == "530.30.02" and b["cudnn"] == "9.1.0.70"
+
+
+# -------------------------------------------------------------- companions
+
+
+def test_companion_matching_rules():
+    metadata = {
+        "torchvision-0.29.1": "Requires-Dist: torch (>=2.14.0)\n",
+        "torchvision-0.29.0": "Requires-Dist: torch (==2.14.0)\n",
+        "torchvision-0.28.0": "Requires-Dist: torch (==2.13.0)\n",
+        "torchvision-0.27.0": "Requires-Dist: torch (==2.12.0)\n",
+        "torchaudio-2.11.0": "Requires-Dist: numpy\n",
+        "torchaudio-2.10.0": "Requires-Dist: torch==2.10.0\n",
+    }
+    files = [_f(f"{k}-cp312-cp312-manylinux_2_28_x86_64.whl") for k in metadata]
+    fetched = []
+
+    def read(f: IndexFile) -> str:
+        key = f.filename.split("-cp")[0]
+        fetched.append(key)
+        return metadata[key]
+
+    vision = CompanionMatcher("torchvision", files, read)
+    assert vision.match("2.14.0").version == "0.29.0"
+    assert vision.match("2.13.0").how == "torchvision 0.28.0 pins torch==2.13.0"
+    # 0.29.1 only says >=2.14.0: no exact pin; the search stops at 0.28.0 (older torch).
+    assert vision.match("2.14.1").version is None
+    fetched.clear()
+    assert vision.match("2.15.0").version is None
+    assert "torchvision-0.27.0" not in fetched
+
+    audio = CompanionMatcher("torchaudio", files, read, same_version_fallback=True)
+    assert audio.match("2.10.0").version == "2.10.0"
+    m = audio.match("2.11.0")
+    assert m.version == "2.11.0" and "pins no torch" in m.how
+    assert audio.match("2.12.0").version is None
+    assert audio.match("2.4.1").version is None  # the rule never picks a torch-less newer release
+
+
+# ------------------------------------------------------------------ output
+
+
+def _entry(torch: str, cuda: str, index: str = "pypi") -> dict:
+    return {"torch": torch, "cuda": cuda, "index": index, "pythons": ["3.12"], "z": 1, "a": 2}
+
+
+def test_render_is_deterministic_and_sorted():
+    doc = merge(None, [_entry("2.10.0", "12.8"), _entry("2.9.0", "12.8"), _entry("2.9.0", "12.6")],
+                {"pypi": "https://pypi.org/simple"}, lambda b: True, "2026-01-02")
+    text = render(doc)
+    assert text == render(json.loads(text)) and text.endswith("}\n") and not text.endswith("\n\n")
+    assert [(b["torch"], b["cuda"]) for b in doc["builds"]] == [
+        ("2.9.0", "12.6"), ("2.9.0", "12.8"), ("2.10.0", "12.8")]
+    assert list(json.loads(text)) == sorted(json.loads(text))
+    assert '\n  "builds": [\n    {\n      "a": 2,' in text
+
+
+def test_merge_keeps_date_when_nothing_changed_and_entries_out_of_scope():
+    indexes = {"pypi": "https://pypi.org/simple"}
+    old = merge(None, [_entry("2.4.1", "12.1"), _entry("2.5.0", "12.4")], indexes,
+                lambda b: True, "2026-01-01")
+    again = merge(old, [_entry("2.4.1", "12.1")], indexes, lambda b: b["torch"] == "2.4.1", "2026-02-02")
+    assert render(again) == render(old)  # 2.5.0 kept, date kept: no diff
+    changed = dict(_entry("2.4.1", "12.1"), z=3)
+    new = merge(old, [changed], indexes, lambda b: b["torch"] == "2.4.1", "2026-02-02")
+    assert new["generated_on"] == "2026-02-02" and len(new["builds"]) == 2
+    cu = merge(old, [_entry("2.4.1", "12.1", "cu121")], {"cu121": "https://d.example/whl/cu121"},
+               lambda b: b["index"] == "cu121", "2026-02-02")
+    assert cu["indexes"] == {"cu121": "https://d.example/whl/cu121", "pypi": "https://pypi.org/simple"}
+    assert len(cu["builds"]) == 3
+
+
+# -------------------------------------------------------------------- live
+
+
+@pytest.mark.network
+def test_live_refresh_of_torch_241_equals_committed_entry():
+    committed = json.loads((REPO / "images" / "matrix.json").read_text())
+    entry = next(b for b in committed["builds"] if b["torch"] == "2.4.1" and b["index"] == "pypi")
+    drivers = refresh.read_drivers(REPO / "images" / "cuda_drivers.json")
+    try:
+        builds = refresh.Refresher({"pypi": refresh.PYPI_SIMPLE}, drivers).run("2.1", ["2.4.1"])
+    except HttpError as exc:
+        if exc.status is None:
+            pytest.skip(f"PyPI not reachable: {exc}")
+        raise
+    assert builds == [entry]
