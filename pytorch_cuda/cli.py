@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import ca, matrix, plan, render
-from .errors import BuildFailed, PytorchCudaError, UsageError
+from .errors import BuildFailed, MatrixError, PytorchCudaError, UsageError
 from .progress import Progress, Result, format_seconds, summary, table
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -155,6 +155,7 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
         files = {
             dockerfile_path: dockerfile.encode(),
             spec.manifest.relative_to(matrix.REPO_ROOT).as_posix(): render.render_manifest(spec).encode(),
+            spec.lock.relative_to(matrix.REPO_ROOT).as_posix(): spec.lock.read_bytes(),
         }
         offered = {
             "BASE_IMAGE": spec.base_image,
@@ -241,6 +242,11 @@ def run(argv: list[str] | None = None) -> int:
         print(describe_plan(specs))
         return EXIT_OK
     ca_value = ca.build_arg_for(ca.find_ca_file(args.ca_cert))  # bad input fails before Docker is touched
+    unlocked = [spec for spec in specs if not spec.lock_digest]
+    if unlocked:
+        first = unlocked[0]
+        raise MatrixError(f"{first.tag} has no lock file ({first.lock.relative_to(matrix.REPO_ROOT)}): "
+                          f"run `python -m pytorch_cuda.lock --torch {first.build.torch} --cuda {first.build.cuda}`")
     started = time.monotonic()
     results = build_all(m, specs, args, ca_value)
     print(summary(results))

@@ -18,6 +18,7 @@ MATRIX_FILE = IMAGES_DIR / "matrix.json"
 BASES_FILE = IMAGES_DIR / "bases.json"
 VARIANTS_FILE = IMAGES_DIR / "variants.json"
 PYPI = "pypi"
+PYPI_URL = "https://pypi.org/simple"
 
 
 def version_key(version: str) -> tuple[int, ...]:

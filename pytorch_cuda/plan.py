@@ -1,7 +1,8 @@
 """What a command means in images: tags, aliases, base images and file paths. Pure data, no Docker."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .matrix import IMAGES_DIR, Build, Matrix
@@ -24,6 +25,8 @@ class ImageSpec:
     repository: str = REPOSITORY
     alias: bool = False
     python_is_default: bool = True
+    lock_digest: str = ""  # of this image's lock file; "" while it has none
+    runtime_lock_digest: str = ""
 
     @property
     def stem(self) -> str:
@@ -65,6 +68,16 @@ class ImageSpec:
     def manifest(self) -> Path:
         return self.directory / "manifest.json"
 
+    @property
+    def lock(self) -> Path:
+        """The lock pip installs from; ssh adds no Python package, so it carries the runtime's."""
+        return self.directory / f"{'jupyter' if self.variant == 'jupyter' else 'runtime'}.lock"
+
+
+def file_digest(path: Path) -> str:
+    """'sha256:<hex>' of a lock file, or '' when there is none yet."""
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
+
 
 def plan(
     matrix: Matrix,
@@ -82,16 +95,16 @@ def plan(
         py = matrix.python_for(build, python)
         base = matrix.bases[py]
         for variant in ordered:
-            specs.append(
-                ImageSpec(
-                    build=build,
-                    variant=variant,
-                    python=py,
-                    base_image=base_image or base.image,
-                    base_suite=base.suite,
-                    repository=repository,
-                    alias=matrix.is_newest_of_minor(build),
-                    python_is_default=py == matrix.default_python,
-                )
+            spec = ImageSpec(
+                build=build,
+                variant=variant,
+                python=py,
+                base_image=base_image or base.image,
+                base_suite=base.suite,
+                repository=repository,
+                alias=matrix.is_newest_of_minor(build),
+                python_is_default=py == matrix.default_python,
             )
+            specs.append(replace(spec, lock_digest=file_digest(spec.lock),
+                                 runtime_lock_digest=file_digest(spec.directory / "runtime.lock")))
     return specs

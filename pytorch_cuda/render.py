@@ -40,6 +40,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         uid=IMAGE_UID,
         dockerfile_path=_relative(spec.dockerfile),
         manifest_path=_relative(spec.manifest),
+        lock_path=_relative(spec.lock),
     )
     # Blank runs left by empty blocks are noise in a reviewed file.
     lines: list[str] = []
@@ -67,6 +68,7 @@ def manifest(spec: ImageSpec) -> dict:
         "archs": list(build.archs or []),
         "min_driver": build.min_driver,
         "index": build.index_url,
+        "lock_digest": spec.runtime_lock_digest,
         "user": IMAGE_USER,
     }
 

@@ -1,11 +1,14 @@
 """Real builds with the real Docker engine: `build.py --cuda 12.1` and what its images hold."""
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 
+import docker.errors
 import pytest
 
-from pytorch_cuda import ca
+from pytorch_cuda import ca, plan
 
 from .dockerutil import build_py, run
 
@@ -145,3 +148,45 @@ def test_failing_step_leaves_no_tag(built, docker_client):
     assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
 
 
+
+
+def _lock_pins(lock_text: str) -> dict[str, str]:
+    pins = {}
+    for line in lock_text.splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", line)
+        if match:
+            pins[_normal(match.group(1))] = match.group(2)
+    return pins
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _freeze(docker_client, tag: str) -> dict[str, str]:
+    code, out = run(docker_client, tag, ["python", "-m", "pip", "freeze", "--disable-pip-version-check"], entrypoint="")
+    assert code == 0, out
+    return {_normal(name): version for name, version in (line.split("==", 1) for line in out.split() if "==" in line)}
+
+
+def test_the_image_holds_exactly_its_lock(built, docker_client):
+    spec = built["runtime"]
+    assert _freeze(docker_client, spec.tag) == _lock_pins(spec.lock.read_text())
+    labels = docker_client.images.get(spec.tag).labels
+    assert labels["io.pytorch-cuda.lock-digest"] == plan.file_digest(spec.lock) != ""
+
+
+def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_client):
+    """Reproducible: the same tag built again from nothing installs the same packages."""
+    registry = "pytorch-cuda-repro.invalid"
+    spec = built["runtime"]
+    again = f"{registry}/{spec.tag}"
+    try:
+        result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
+                          "--no-cache", "--no-alias", "--registry", registry, timeout=2400)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert _freeze(docker_client, again) == _freeze(docker_client, spec.tag)
+        assert docker_client.images.get(again).labels == docker_client.images.get(spec.tag).labels
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(again)

@@ -1,6 +1,7 @@
 """Tags, paths and the rendered Dockerfiles (pure: no Docker)."""
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import jinja2
@@ -50,7 +51,8 @@ def test_non_default_python_gets_its_own_tag_and_base(m):
 
 def test_runtime_dockerfile_pins_and_stages(specs):
     text = render.render_dockerfile(specs["runtime"])
-    assert "torch==2.4.1 \\\n        torchvision==0.19.1 \\\n        torchaudio==2.4.1;" in text
+    assert "COPY images/2.4.1-cuda12.1/runtime.lock /tmp/requirements.lock" in text
+    assert "--require-hashes \\\n        --no-deps \\\n        -r \\\n        /tmp/requirements.lock;" in text
     stages = re.findall(r"^FROM (.+)$", text, re.M)
     assert stages == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"]
     builder, final = text.split("\nFROM ${BASE_IMAGE}\n")
@@ -100,3 +102,21 @@ def test_undefined_template_variable_fails(tmp_path, specs):
     (tmp_path / "runtime.Dockerfile.j2").write_text("FROM {{ spec.no_such_field_xyz }}\n")
     with pytest.raises(jinja2.UndefinedError):
         render.render_dockerfile(specs["runtime"], templates_dir=tmp_path)
+
+
+def test_lock_digest_is_labelled_and_a_changed_lock_changes_the_dockerfile(tmp_path, specs):
+    spec = specs["runtime"]
+    lock = tmp_path / "runtime.lock"
+    lock.write_text("torch==2.4.1 --hash=sha256:00\n")
+    first = render.render_dockerfile(replace(spec, lock_digest=plan.file_digest(lock)))
+    lock.write_text("torch==2.4.1 --hash=sha256:11\n")
+    second = render.render_dockerfile(replace(spec, lock_digest=plan.file_digest(lock)))
+    assert f'io.pytorch-cuda.lock-digest="{plan.file_digest(lock)}"' in second
+    assert first != second  # so the golden-file test fails until the Dockerfiles are re-rendered
+    assert plan.file_digest(tmp_path / "missing.lock") == ""
+
+
+def test_ssh_carries_the_runtime_lock_and_manifest_names_it(specs):
+    assert specs["ssh"].lock == specs["runtime"].lock
+    assert specs["jupyter"].lock.name == "jupyter.lock"
+    assert json.loads(render.render_manifest(specs["jupyter"]))["lock_digest"] == specs["runtime"].lock_digest

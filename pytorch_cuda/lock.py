@@ -1,0 +1,109 @@
+"""Lock files: the exact Python packages of each image, with hashes, resolved from the tag's index.
+
+    python -m pytorch_cuda.lock --all              # (re)write images/<tag>/<variant>.lock
+    python -m pytorch_cuda.lock --cuda 12.1 --check  # exit 1 if the index now resolves differently
+
+Builds install a lock with `pip --require-hashes --no-deps`, so an ordinary build never drifts;
+locks change only when this command is run on purpose. uv resolves for the image's platform
+(Linux x86_64, the base image's glibc and Python), not for the machine running it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from . import matrix, plan
+from .errors import PytorchCudaError
+
+# Debian bookworm's glibc; uv picks wheels that run there.
+PYTHON_PLATFORM = "x86_64-manylinux_2_36"
+LOCKED_VARIANTS = ("runtime", "jupyter")
+
+
+def header(spec: plan.ImageSpec) -> str:
+    return (
+        f"# Lock of {spec.tag}: every Python package, pinned with hashes.\n"
+        f"# Regenerate on purpose: python -m pytorch_cuda.lock --torch {spec.build.torch} --cuda {spec.build.cuda}\n"
+    )
+
+
+def _uv() -> str:
+    try:
+        import uv  # the PyPI package ships the binary
+    except ImportError:
+        raise PytorchCudaError("locking needs uv: pip install -r requirements.txt") from None
+    return uv.find_uv_bin()
+
+
+def compile_lock(requirements: list[str], python: str, index_url: str, constraints: Path | None = None) -> str:
+    """Resolve `requirements` for the image's platform; the lock's text, without our header."""
+    command = [
+        _uv(), "pip", "compile", "-", "--python-version", python, "--python-platform", PYTHON_PLATFORM,
+        "--generate-hashes", "--index-url", index_url, "--no-header", "--quiet", "--native-tls",
+        "--no-annotate",
+    ]
+    if constraints is not None:
+        command += ["--constraint", str(constraints)]
+    env = {**os.environ, "UV_NO_CONFIG": "1"}  # this machine's uv/pip settings are not the image's
+    result = subprocess.run(command, input="\n".join(requirements) + "\n", capture_output=True, text=True, env=env,
+                            timeout=600)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise PytorchCudaError(f"uv could not resolve {' '.join(requirements)} from {index_url}: {reason}")
+    return result.stdout
+
+
+def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Path | None) -> str:
+    if spec.variant == "runtime":
+        body = compile_lock(list(spec.build.requirements), spec.python, spec.build.index_url)
+    else:
+        # The variant's own packages, resolved so that nothing of the runtime changes.
+        body = compile_lock(list(packages), spec.python, matrix.PYPI_URL, constraints=runtime_lock)
+    return header(spec) + body
+
+
+def run(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytorch_cuda.lock", description=__doc__.splitlines()[0])
+    parser.add_argument("--cuda")
+    parser.add_argument("--torch")
+    parser.add_argument("--all", action="store_true")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a lock would change")
+    args = parser.parse_args(argv)
+    m = matrix.load()
+    if args.all:
+        builds = [b for b in m.newest_per_tag()
+                  if (not args.cuda or b.cuda == args.cuda) and (not args.torch or args.torch in (b.torch, b.torch_minor))]
+    elif args.cuda or args.torch:
+        builds = [m.resolve(cuda=args.cuda, torch=args.torch)]
+    else:
+        parser.error("say which tags: --cuda, --torch or --all")
+    changed = []
+    for spec in plan.plan(m, builds, variants=LOCKED_VARIANTS):
+        text = lock_text(spec, m.variant_packages.get(spec.variant, ()), spec.directory / "runtime.lock")
+        path = spec.lock
+        if not path.exists() or path.read_text() != text:
+            changed.append(path)
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+        print(f"{'changed' if path in changed else 'same   '}  {path.relative_to(matrix.REPO_ROOT)}")
+    if args.check and changed:
+        print(f"{len(changed)} lock(s) would change: the index resolves differently now", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    try:
+        return run()
+    except PytorchCudaError as err:
+        print(f"lock: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
