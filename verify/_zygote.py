@@ -1,0 +1,134 @@
+"""The check runner's server: imports torch once, then forks one process per check.
+
+Importing torch costs seconds, and a fresh interpreter per check would pay it ten times. This
+process pays it once (with the modules named on its command line) and forks: each check still gets
+its own process (own address space, own process group, killable on timeout), started from a state
+where torch is imported but CUDA is not initialised, so the child may still use CUDA.
+
+Protocol, one JSON object a line. The parent writes requests to our stdin:
+  {"id": 1, "name": "cuda", "result": PATH, "log": PATH, "manifest": {...}, "require_gpu": false}
+We answer on our stdout (kept for this channel alone; stray prints go to stderr):
+  {"ready": true, "torch": "2.4.1", "error": null}      once, after the import
+  {"started": 1, "pid": 4242}                             after each fork
+  {"exited": 1, "pid": 4242, "code": 0}                   code < 0: killed by that signal
+Stdin closing means the parent is gone: we kill what we started and exit.
+"""
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+import traceback
+from typing import Any, Dict, List, TextIO
+
+
+def _preload(modules: List[str]) -> Dict[str, Any]:
+    """Import torch, and what the requested checks would each import again. None starts a thread,
+    so forking afterwards is safe."""
+    try:
+        import torch
+    except BaseException as err:  # a broken install: every check will report it in detail
+        return {"torch": None, "error": f"{type(err).__name__}: {err}"}
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception:
+            pass  # the check that needs it imports it again and reports the error
+    return {"torch": torch.__version__, "error": None}
+
+
+def _send(channel: TextIO, message: Dict[str, Any]) -> None:
+    try:
+        channel.write(json.dumps(message) + "\n")
+        channel.flush()
+    except BrokenPipeError:  # the parent is gone; stdin closing will end the loop
+        pass
+
+
+def _child(request: Dict[str, Any], channel_fd: int) -> None:
+    """In the forked process: never returns."""
+    code = 70
+    try:
+        os.setpgid(0, 0)  # its own group: a timeout kills the check and whatever it started
+        os.close(channel_fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        out = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        faulthandler.enable()  # a segfault in a library leaves a Python stack in the log
+        from verify import child
+
+        child.write_result(child.run_check(request), request["result"])
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(code)
+
+
+def serve() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    channel_fd = os.dup(1)
+    channel = os.fdopen(channel_fd, "w")
+    os.dup2(2, 1)  # anything printed by accident goes to the log, not the protocol
+    _send(channel, {"ready": True, **_preload(sys.argv[1:])})
+    running: Dict[int, int] = {}  # pid -> request id
+    pending = b""
+    stdin_open = True
+    while stdin_open or running:
+        if stdin_open:
+            readable, _, _ = select.select([0], [], [], 0.05 if running else None)
+        else:
+            readable = []
+        if readable:
+            data = os.read(0, 65536)
+            if not data:
+                stdin_open = False
+                for pid in running:  # the parent is gone: nobody will read these results
+                    _kill_group(pid)
+            pending += data
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                request = json.loads(line)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _child(request, channel_fd)
+                try:
+                    os.setpgid(pid, pid)  # also here, so the group exists before anyone kills it
+                except OSError:
+                    pass
+                running[pid] = request["id"]
+                _send(channel, {"started": request["id"], "pid": pid})
+        elif not stdin_open:
+            select.select([], [], [], 0.05)
+        while running:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            ident = running.pop(pid, None)
+            if ident is not None and stdin_open:
+                _send(channel, {"exited": ident, "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+if __name__ == "__main__":
+    serve()

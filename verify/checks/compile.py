@@ -1,0 +1,107 @@
+"""compile: torch.compile (Inductor) builds a small model and matches eager, as the user running verify.
+
+Inductor writes C++ (CPU) or Triton (GPU) code and compiles it at run time, so it needs a C/C++
+compiler and Python's headers, and a writable cache directory: an image that lacks them imports
+torch fine and fails only at the first torch.compile.
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import sysconfig
+import time
+from typing import Callable, Dict, List, Mapping, Optional
+
+import torch
+
+from verify.checks._common import compare, gpu_missing_reason
+from verify.context import CheckContext
+from verify.result import Findings, Outcome
+
+# Inductor fuses and reorders fp32 reductions (LayerNorm, the matmuls' sums): ~1e-6 relative is
+# normal. On the GPU, Triton kernels and cuBLAS also pick other orders: allow 1e-3 there. A
+# miscompile shows as O(1) errors.
+TOLERANCE = {"cpu": 1e-4, "cuda": 1e-3}
+
+
+def missing_toolchain(device: str, which: Callable[[str], Optional[str]] = shutil.which,
+                      exists: Callable[[str], bool] = os.path.exists,
+                      environ: Optional[Mapping[str, str]] = None) -> List[str]:
+    """What torch.compile will miss on `device`, in words naming the fix."""
+    environ = os.environ if environ is None else environ
+    problems = []
+    if device == "cuda":
+        compilers = [environ.get("CC")] if environ.get("CC") else ["cc", "gcc", "clang"]
+        if not any(which(name) for name in compilers if name):
+            problems.append("no C compiler (cc/gcc) on PATH, which Triton needs: install gcc "
+                            "(apt-get install gcc) or set CC")
+    else:
+        compilers = [environ.get("CXX")] if environ.get("CXX") else ["g++", "c++", "clang++"]
+        if not any(which(name) for name in compilers if name):
+            problems.append("no C++ compiler (g++/c++) on PATH, which Inductor needs for CPU code: install g++ "
+                            "(apt-get install g++) or set CXX")
+    include = sysconfig.get_paths().get("include") or ""
+    if not exists(os.path.join(include, "Python.h")):
+        problems.append(f"Python.h not found in {include or 'the interpreter include dir'}: install the Python "
+                        "development headers (e.g. apt-get install python3-dev)")
+    return problems
+
+
+def _user() -> Dict[str, object]:
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # `docker run -u 1234` with no passwd entry
+        name = None
+    return {"user": name, "uid": uid, "root": uid == 0}
+
+
+class _Small(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = torch.nn.Linear(64, 128)
+        self.norm = torch.nn.LayerNorm(128)
+        self.last = torch.nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.norm(torch.nn.functional.gelu(self.first(x))))
+
+
+def run(ctx: CheckContext) -> Outcome:
+    found = Findings()
+    device = "cpu" if gpu_missing_reason() else "cuda"
+    user = _user()
+    problems = missing_toolchain(device)
+    found.figures.update(user)
+    found.figures.update({"device": device, "backend": "inductor", "toolchain_problems": problems,
+                          "image_user": ctx.manifest.user if ctx.manifest else None,
+                          "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")})
+    who = user["user"] or f"uid {user['uid']}"
+    found.key_figure = f"inductor/{'triton' if device == 'cuda' else 'c++'} as {who}"
+
+    torch.manual_seed(0)
+    model = _Small().to(device).eval()
+    x = torch.randn(32, 64, device=device)
+    try:
+        with torch.no_grad():
+            eager = model(x)
+            started = time.perf_counter()
+            compiled = torch.compile(model)(x)
+            found.figures["compile_s"] = round(time.perf_counter() - started, 2)
+    except Exception as err:
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        detail = lines[0] if lines else type(err).__name__
+        named = "; ".join(problems) + ": " if problems else ""
+        found.fail(f"torch.compile failed as {who}: {named}{type(err).__name__}: {detail}"[:600])
+        return found.outcome("")
+    ok, error = compare(compiled, eager, TOLERANCE[device])
+    found.figures["max_rel_error"] = error
+    if not ok:
+        found.fail(f"compiled output differs from eager by {error:.2e} (tolerance {TOLERANCE[device]:g}): "
+                   "Inductor produced wrong code")
+    for problem in problems:  # it compiled anyway (cached?), but a cold cache would not
+        found.warn(problem)
+    path = "Triton on the GPU" if device == "cuda" else "C++ on the CPU"
+    return found.outcome(f"torch.compile ({path}) matches eager (error {error:.1e}), as {who} "
+                         f"({'root' if user['root'] else 'not root'})")

@@ -1,0 +1,170 @@
+"""environment: the versions in this process vs the manifest's promise, and where the libraries came from."""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import platform
+import sys
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from verify import libs, versions
+from verify.checks._common import nccl_version
+from verify.context import CheckContext
+from verify.result import Findings, Outcome
+
+# (manifest key, label) in report order; the actual values come from _actual_versions().
+_COMPARED = (
+    ("python", "Python"),
+    ("torch", "torch"),
+    ("torchvision", "torchvision"),
+    ("torchaudio", "torchaudio"),
+    ("triton", "Triton"),
+    ("cuda", "CUDA (torch.version.cuda)"),
+    ("cudnn", "cuDNN"),
+    ("nccl", "NCCL"),
+    ("cuda_runtime", "the CUDA runtime wheel"),
+    ("cublas", "the cuBLAS wheel"),
+)
+_CUDA_ONLY = {"triton", "cuda", "cudnn", "nccl", "cuda_runtime", "cublas"}
+# Read from pip metadata, which is missing when torch uses a system CUDA: warn, do not fail.
+_FROM_WHEELS = {"cuda_runtime", "cublas"}
+
+
+def _distribution_version(*names: str) -> Optional[str]:
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+
+def _cudnn_version() -> Tuple[Optional[str], Optional[str]]:
+    """(version, None), or (None, why) when torch refuses the cuDNN it found (a version mismatch)."""
+    if torch.version.cuda is None:
+        return None, None
+    try:
+        return versions.cudnn_version_string(torch.backends.cudnn.version()), None
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        return None, lines[0] if lines else "torch.backends.cudnn.version() failed"
+
+
+def _initialise() -> None:
+    """Load what a training job loads, so /proc/self/maps shows the libraries really in use."""
+    if torch.cuda.is_available():
+        a = torch.ones(8, 8, device="cuda")
+        (a @ a).sum().item()  # cuBLAS
+        torch.nn.functional.conv2d(a.view(1, 1, 8, 8), torch.ones(1, 1, 3, 3, device="cuda")).sum().item()
+
+
+def _actual_versions(cuda_major: Optional[str], cudnn: Optional[str]) -> Dict[str, Optional[str]]:
+    suffix = f"-cu{cuda_major}" if cuda_major else ""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": _distribution_version("torchvision"),
+        "torchaudio": _distribution_version("torchaudio"),
+        "triton": _distribution_version("triton", "pytorch-triton"),
+        "cuda": torch.version.cuda,
+        "cudnn": cudnn,
+        "nccl": nccl_version(),
+        "cuda_runtime": _distribution_version(f"nvidia-cuda-runtime{suffix}") if suffix else None,
+        "cublas": _distribution_version(f"nvidia-cublas{suffix}") if suffix else None,
+    }
+
+
+def _trusted_roots() -> List[str]:
+    """Where torch's own libraries live: its package and the nvidia-* wheels' namespace package."""
+    roots = [os.path.dirname(torch.__file__)]
+    spec = importlib.util.find_spec("nvidia")
+    if spec is not None and spec.submodule_search_locations:
+        roots.extend(spec.submodule_search_locations)
+    roots.extend(os.path.join(entry, "nvidia") for entry in sys.path if entry)
+    return roots
+
+
+def _installed_distributions() -> List[str]:
+    names = []
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            names.append(name)
+    return names
+
+
+def run(ctx: CheckContext) -> Outcome:
+    found = Findings()
+    cudnn, cudnn_error = _cudnn_version()
+    if cudnn_error:
+        found.fail(cudnn_error)
+    else:
+        _initialise()
+    manifest = ctx.manifest
+    cuda_major = (torch.version.cuda or (manifest.cuda if manifest else None) or "").split(".")[0] or None
+    actual = _actual_versions(cuda_major, cudnn)
+    found.figures["versions"] = actual
+    found.figures["manifest"] = manifest.path if manifest else None
+    found.key_figure = f"torch {torch.__version__}"
+    cpu_build = torch.version.cuda is None
+
+    compared: List[str] = []
+    if manifest is not None:
+        if cpu_build and manifest.cuda:
+            found.fail(f"this image promises CUDA {manifest.cuda} but torch {torch.__version__} is a CPU build")
+        for key, label in _COMPARED:
+            expected = getattr(manifest, key)
+            if not expected or (cpu_build and key in _CUDA_ONLY):
+                continue
+            have = actual.get(key)
+            if have is None:
+                message = f"the manifest promises {label} {expected} but it is not installed or cannot be read"
+                if key in _FROM_WHEELS:
+                    found.warn(message)
+                else:
+                    found.fail(message)
+                continue
+            compared.append(key)
+            if not versions.same_release(expected, have):
+                found.fail(f"{label} is {have} but the manifest promises {expected}")
+    found.figures["compared"] = compared
+    if cpu_build:
+        found.figures["not_applicable"] = "CPU build of torch: CUDA, cuDNN and NCCL versions do not apply"
+
+    _check_libraries(found)
+    if manifest is None:
+        return found.outcome("no manifest (host run): versions reported, nothing compared")
+    tag = f" ({manifest.tag})" if manifest.tag else ""
+    if not compared:
+        return found.outcome(f"the manifest{tag} states no versions to compare")
+    return found.outcome(f"{len(compared)} versions match the manifest{tag}: {', '.join(compared)}")
+
+
+def _check_libraries(found: Findings) -> None:
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
+            loaded = libs.libraries_from_maps(handle.read())
+    except OSError:
+        loaded = {}
+        found.figures["libraries_note"] = "/proc/self/maps is not readable: loaded libraries not inspected"
+    found.figures["libraries"] = loaded
+    ld_library_path = os.environ.get("LD_LIBRARY_PATH", "")
+    found.figures["ld_library_path"] = ld_library_path
+    shadowed = libs.shadowed_libraries(loaded, ld_library_path, _trusted_roots())
+    found.figures["shadowed"] = [path for path, _ in shadowed]
+    if shadowed:
+        found.warn(libs.describe_shadowing(shadowed))
+
+    conflicts, by_major = libs.cuda_wheel_conflicts(_installed_distributions())
+    found.figures["nvidia_wheels"] = by_major
+    for conflict in conflicts:
+        found.fail(f"{conflict} are both installed and overwrite each other's files under site-packages/nvidia: "
+                   "pip uninstall the one for the CUDA major torch does not use, then reinstall the other")
+    if len(by_major) > 1 and not conflicts:
+        majors = " and ".join(f"CUDA {major}" for major in by_major)
+        found.warn(f"nvidia-* wheels for {majors} are installed together: keep only the major torch uses "
+                   f"({torch.version.cuda or 'none: CPU build'})")

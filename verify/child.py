@@ -1,0 +1,69 @@
+"""Inside a check's own process: run the check and write its result where the parent reads it."""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import time
+import traceback
+from typing import Any, Dict
+
+from verify import faults
+from verify.context import CheckContext
+from verify.manifest import Manifest
+from verify.result import CheckResult, Outcome, Status
+
+log = logging.getLogger(__name__)
+
+
+def run_check(request: Dict[str, Any]) -> CheckResult:
+    """Run the check `request['name']` and return its result; an exception becomes a failure."""
+    name = request["name"]
+    manifest = Manifest.from_dict(request["manifest"], request["manifest"].get("path", "?")) \
+        if request.get("manifest") else None
+    fault = faults.fault_for(name)
+    context = CheckContext(manifest=manifest, require_gpu=bool(request.get("require_gpu")), fault=fault)
+    started = time.monotonic()
+    try:
+        _one_cpu_thread()
+        module = importlib.import_module(f"verify.checks.{name}")
+        if fault in faults.GENERIC:
+            faults.apply_generic(fault)  # does not return
+        if fault is not None and fault not in getattr(module, "FAULTS", ()):
+            outcome = Outcome(Status.FAIL, f"unknown fault {fault!r} for check {name}")
+        else:
+            outcome = module.run(context)
+    except Exception as err:  # a check must not take the report down with it
+        log.debug("check %s raised", name, exc_info=True)
+        if isinstance(err, ImportError):
+            reason = f"cannot import {err.name or 'a module'} ({type(err).__name__}: {_first_line(err)})"
+        else:
+            reason = f"check raised {type(err).__name__}: {_first_line(err)}"
+        outcome = Outcome(Status.FAIL, reason, {"traceback": traceback.format_exc(limit=8)})
+    if fault:
+        outcome.figures["fault_injected"] = fault
+        outcome.reason = f"[fault injected: {fault}] {outcome.reason}"
+    return CheckResult.from_outcome(name, outcome, time.monotonic() - started)
+
+
+def _one_cpu_thread() -> None:
+    """Checks run side by side and their CPU work is small: with a pool of OpenMP threads each, they
+    oversubscribe the cores and spin in barriers (a 1 s CPU training run took 17 s on a busy 2-core
+    host). One intra-op thread per check keeps every check's time predictable."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def write_result(result: CheckResult, path: str) -> None:
+    """Write atomically: the parent treats a missing file as a crash, never a half-written one."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as handle:
+        json.dump(result.to_dict(), handle, default=str)
+    os.replace(partial, path)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"

@@ -1,0 +1,248 @@
+"""Run checks in child processes under per-check timeouts; the parent's side of `_zygote`.
+
+The parent never imports torch: a torch that crashes on import must become a failed report, not a
+dead `verify`. Each check runs in its own process group, so a timeout kills the check together with
+the DataLoader workers or NCCL ranks it started, and the report always comes back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from verify.errors import RunnerError
+from verify.manifest import Manifest
+from verify.registry import CheckSpec
+from verify.result import CheckResult, Status
+
+log = logging.getLogger(__name__)
+
+PARALLEL = 2  # non-exclusive checks that may run at once
+STARTUP_TIMEOUT_S = 300.0  # the runner's one `import torch`: slow from a cold disk or a network filesystem
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    manifest: Optional[Manifest] = None
+    require_gpu: bool = False
+    timeout_s: Optional[float] = None  # overrides every check's own default
+    parallel: int = PARALLEL
+
+    def timeout_for(self, spec: CheckSpec) -> float:
+        return self.timeout_s if self.timeout_s is not None else spec.timeout_s
+
+
+@dataclass
+class _Job:
+    ident: int
+    spec: CheckSpec
+    timeout_s: float
+    result_path: str
+    log_path: str
+    launched_at: float
+    pid: Optional[int] = None
+    timed_out: bool = False
+
+    @property
+    def deadline(self) -> float:
+        return self.launched_at + self.timeout_s
+
+
+class _Zygote:
+    """The `_zygote` process: a pipe for requests and one for its answers."""
+
+    def __init__(self, workdir: str, preload: Sequence[str]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        self.log_path = os.path.join(workdir, "runner.log")
+        with open(self.log_path, "wb") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "verify._zygote", *preload],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, env=env,
+            )
+        self._pending = b""
+
+    def send(self, message: Dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+
+    def receive(self, timeout_s: float) -> List[Dict[str, Any]]:
+        """The messages that arrive within `timeout_s` (maybe none). EOF means the runner died."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        readable, _, _ = select.select([fd], [], [], max(timeout_s, 0.0))
+        if not readable:
+            return []
+        data = os.read(fd, 65536)
+        if not data:
+            code = self.proc.wait()
+            raise RunnerError(f"the check runner exited ({_describe_exit(code)}): {_log_tail(self.log_path)}")
+        self._pending += data
+        messages = []
+        while b"\n" in self._pending:
+            line, self._pending = self._pending.split(b"\n", 1)
+            messages.append(json.loads(line))
+        return messages
+
+    def wait_ready(self, timeout_s: float) -> Dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for message in self.receive(deadline - time.monotonic()):
+                if message.get("ready"):
+                    return message
+        raise RunnerError(f"the check runner did not start within {timeout_s:g} s (stuck importing torch?)")
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run(specs: Sequence[CheckSpec], options: RunOptions,
+        on_result: Optional[Callable[[CheckResult], None]] = None) -> List[CheckResult]:
+    """Run `specs` and return their results in the order given; `on_result` sees each as it ends."""
+    results: Dict[str, CheckResult] = {}
+
+    def finish(result: CheckResult) -> None:
+        results[result.name] = result
+        if on_result:
+            on_result(result)
+
+    workdir = tempfile.mkdtemp(prefix="verify-")
+    zygote: Optional[_Zygote] = None
+    running: Dict[int, _Job] = {}
+    try:
+        zygote = _Zygote(workdir, sorted({module for spec in specs for module in spec.preload}))
+        ready = zygote.wait_ready(STARTUP_TIMEOUT_S)
+        if ready.get("error"):
+            log.info("torch did not import in the runner: %s", ready["error"])
+        _schedule(zygote, specs, options, workdir, running, finish)
+    except RunnerError as err:
+        for job in running.values():
+            _kill(job)
+        for spec in specs:
+            if spec.name not in results:
+                finish(CheckResult(spec.name, Status.FAIL, str(err), 0.0))
+    finally:
+        for job in running.values():
+            _kill(job)
+        if zygote is not None:
+            zygote.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return [results[spec.name] for spec in specs]
+
+
+def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, workdir: str,
+              running: Dict[int, _Job], finish: Callable[[CheckResult], None]) -> None:
+    # Slow checks first so the quick ones run beside them; exclusive ones last, one at a time.
+    queue = sorted(specs, key=lambda spec: (spec.exclusive, not spec.slow))
+    next_ident = 1
+    while queue or running:
+        while queue and _may_start(queue[0], running, options.parallel):
+            spec = queue.pop(0)
+            job = _Job(next_ident, spec, options.timeout_for(spec),
+                       os.path.join(workdir, f"{spec.name}.json"), os.path.join(workdir, f"{spec.name}.log"),
+                       time.monotonic())
+            next_ident += 1
+            zygote.send({
+                "id": job.ident, "name": spec.name, "result": job.result_path, "log": job.log_path,
+                "manifest": options.manifest.to_dict() if options.manifest else None,
+                "require_gpu": options.require_gpu,
+            })
+            running[job.ident] = job
+        wait = min(job.deadline for job in running.values()) - time.monotonic() if running else 0.0
+        for message in zygote.receive(min(max(wait, 0.0), 0.5)):
+            job = running.get(message.get("started") or message.get("exited") or -1)
+            if job is None:
+                continue
+            if "started" in message:
+                job.pid = int(message["pid"])
+            else:
+                del running[job.ident]
+                _kill(job)  # workers or ranks the check left behind must not skew the next check
+                finish(_collect(job, int(message["code"])))
+        now = time.monotonic()
+        for job in running.values():
+            if now >= job.deadline and not job.timed_out and job.pid is not None:
+                log.info("%s timed out after %s s; killing process group %s", job.spec.name, job.timeout_s, job.pid)
+                job.timed_out = True
+                _kill(job)
+
+
+def _may_start(spec: CheckSpec, running: Dict[int, _Job], parallel: int) -> bool:
+    if any(job.spec.exclusive for job in running.values()):
+        return False
+    if spec.exclusive:
+        return not running
+    return len(running) < max(parallel, 1)
+
+
+def _collect(job: _Job, code: int) -> CheckResult:
+    elapsed = time.monotonic() - job.launched_at
+    if job.timed_out:
+        return CheckResult(job.spec.name, Status.FAIL, f"timed out after {job.timeout_s:g} s (killed)", elapsed,
+                           {"timeout_s": job.timeout_s, "log_tail": _log_tail(job.log_path, lines=10)}, "timeout")
+    if os.path.exists(job.result_path):
+        try:
+            with open(job.result_path, encoding="utf-8") as handle:
+                result = CheckResult.from_dict(json.load(handle))
+            result.duration_s = elapsed
+            return result
+        except (OSError, ValueError, KeyError) as err:
+            return CheckResult(job.spec.name, Status.FAIL, f"unreadable result: {err}", elapsed)
+    return CheckResult(job.spec.name, Status.FAIL,
+                       f"the check's process {_describe_exit(code)} before reporting: {_log_tail(job.log_path)}",
+                       elapsed, {"exit_code": code, "log_tail": _log_tail(job.log_path, lines=10)}, "crashed")
+
+
+def _kill(job: _Job) -> None:
+    if job.pid is None:
+        return
+    try:
+        os.killpg(job.pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _log_tail(path: str, lines: int = 1) -> str:
+    """What a process printed last; for one line, its last message rather than a stack frame."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - 16384, 0))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no output)"
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()]
+    if lines == 1:
+        # Tracebacks and faulthandler dumps indent their frames; the message is not indented.
+        messages = [line for line in kept if not line[0].isspace() and not line.startswith("Extension modules")]
+        errors = [line for line in messages if "rror" in line or "xception" in line]
+        kept = (errors or messages or kept)[-1:]
+    else:
+        kept = kept[-lines:]
+    return "\n".join(kept) if kept else "(no output)"
