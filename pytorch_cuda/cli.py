@@ -122,6 +122,33 @@ def write_rendered(m: matrix.Matrix, specs: list[plan.ImageSpec]) -> list[Path]:
     return written
 
 
+def _relative(path: Path) -> str:
+    return path.relative_to(matrix.REPO_ROOT).as_posix()
+
+
+def context_files(spec: plan.ImageSpec, dockerfile: str) -> dict[str, bytes]:
+    """The generated files of one build context, at the repository paths its Dockerfile COPYs."""
+    return {
+        _relative(spec.dockerfile): dockerfile.encode(),
+        _relative(spec.manifest): render.render_manifest(spec).encode(),
+        _relative(spec.lock): spec.lock.read_bytes(),
+    }
+
+
+def build_args(spec: plan.ImageSpec, dockerfile: str, index_url: str | None, ca_value: str) -> dict[str, str]:
+    """Only the build args this Dockerfile declares, so the builder never warns of unused ones."""
+    from .docker_build import declared_args
+
+    offered = {
+        "BASE_IMAGE": spec.base_image,
+        "RUNTIME_IMAGE": spec.runtime_tag,
+        # A variant's own packages come from PyPI (or the mirror given), not from a per-CUDA index.
+        "PIP_INDEX_URL": index_url or (spec.build.index_url if spec.variant == "runtime" else ""),
+        "PIP_CA_CERT": ca_value,
+    }
+    return {name: value for name, value in offered.items() if name in declared_args(dockerfile) and value}
+
+
 def git_revision() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=matrix.REPO_ROOT, capture_output=True, text=True, timeout=5)
@@ -151,23 +178,12 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
             results.append(Result(spec.tag, "skipped", note=f"{spec.runtime_tag} failed"))
             continue
         dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), args.templates)
-        dockerfile_path = spec.dockerfile.relative_to(matrix.REPO_ROOT).as_posix()
-        files = {
-            dockerfile_path: dockerfile.encode(),
-            spec.manifest.relative_to(matrix.REPO_ROOT).as_posix(): render.render_manifest(spec).encode(),
-            spec.lock.relative_to(matrix.REPO_ROOT).as_posix(): spec.lock.read_bytes(),
-        }
-        offered = {
-            "BASE_IMAGE": spec.base_image,
-            "RUNTIME_IMAGE": spec.runtime_tag,
-            "PIP_INDEX_URL": args.index_url or (spec.build.index_url if spec.variant == "runtime" else ""),
-            "PIP_CA_CERT": ca_value,
-        }
-        buildargs = {k: v for k, v in offered.items() if k in docker_build.declared_args(dockerfile) and v}
+        files = context_files(spec, dockerfile)
+        buildargs = build_args(spec, dockerfile, args.index_url, ca_value)
         progress.start(index, len(specs), spec.tag)
         try:
             image_id = docker_build.build_image(
-                client, spec.tag, docker_build.make_context(files), dockerfile_path, buildargs,
+                client, spec.tag, docker_build.make_context(files), _relative(spec.dockerfile), buildargs,
                 nocache=args.no_cache, labels=labels,
                 events=docker_build.BuildEvents(on_step=progress.step, on_line=progress.line),
             )
@@ -184,11 +200,9 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
                 return results
             continue
         # Tags only now: a failed build never leaves a tag pointing at a half-made image.
-        aliases = () if args.no_alias else spec.aliases
-        docker_build.tag_image(client, image_id, (spec.tag, *aliases))
+        docker_build.tag_image(client, image_id, (spec.tag,))
         progress.finish("built")
-        result = Result(spec.tag, "built", progress.elapsed(), docker_build.image_size(client, spec.tag),
-                        aliases=aliases)
+        result = Result(spec.tag, "built", progress.elapsed(), docker_build.image_size(client, spec.tag))
         if args.verify:
             code, output = containers.run_verify(client, spec.tag)
             result.verify = "passed" if code == 0 else f"FAILED (exit {code})"
@@ -196,11 +210,17 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
             if code != 0:
                 for line in output.strip().splitlines()[-12:]:
                     progress.say(f"    | {line}")
+        # The short alias is what users pull by habit: it moves only to an image that passed verify.
+        if not args.no_alias and not result.verify.startswith("FAILED"):
+            docker_build.tag_image(client, image_id, spec.aliases)
+            result.aliases = spec.aliases
         results.append(result)
-    if args.push and all(r.status == "built" for r in results):
+    if args.push and all(r.status == "built" and not r.verify.startswith("FAILED") for r in results):
         for result in results:
             progress.say(f"pushing {result.tag} {' '.join(result.aliases)}")
             docker_build.push(client, (result.tag, *result.aliases))
+    elif args.push:
+        progress.say("nothing pushed: not every image built and passed verify")
     return results
 
 

@@ -78,3 +78,17 @@ def test_describe_plan_is_a_table(real_matrix):
     specs = plan.plan(real_matrix, [real_matrix.resolve(cuda="12.1")], variants=("runtime",))
     text = cli.describe_plan(specs)
     assert text.splitlines()[0].split()[:3] == ["TAG", "ALIASES", "TORCH"]
+
+
+def test_build_args_are_only_what_each_dockerfile_declares(real_matrix):
+    specs = {s.variant: s for s in plan.plan(real_matrix, [real_matrix.resolve(cuda="12.1")], registry="r.example")}
+    args = {}
+    for variant, spec in specs.items():
+        dockerfile = render.render_dockerfile(spec, real_matrix.variant_packages.get(variant, ()))
+        args[variant] = cli.build_args(spec, dockerfile, None, "CA")
+    assert args["runtime"] == {"BASE_IMAGE": "debian:bookworm-slim", "PIP_INDEX_URL": "https://pypi.org/simple",
+                               "PIP_CA_CERT": "CA"}
+    assert args["jupyter"] == {"RUNTIME_IMAGE": "r.example/pytorch-cuda:2.4.1-cuda12.1-runtime", "PIP_CA_CERT": "CA"}
+    assert args["ssh"] == {"RUNTIME_IMAGE": "r.example/pytorch-cuda:2.4.1-cuda12.1-runtime"}
+    mirror = cli.build_args(specs["jupyter"], render.render_dockerfile(specs["jupyter"], ()), "http://mirror/simple", "")
+    assert mirror["PIP_INDEX_URL"] == "http://mirror/simple" and "PIP_CA_CERT" not in mirror
