@@ -76,12 +76,17 @@ def main() -> None:
     if not args.skip_cold:
         download_s, download_bytes = pip_download_seconds(build, runtime.python)
         figures.append(("pip download of the runtime wheels", f"{download_s:.1f} s ({download_bytes / 1e9:.2f} GB)"))
+        before = {image.id for image in client.images.list(all=True)}
         cold_s, _ = build_py("--cuda", args.cuda, "--variant", "runtime", "--no-cache", "--registry", BENCH_REGISTRY)
         figures.append(("cold build of the runtime image (--no-cache)", f"{cold_s:.1f} s"))
         figures.append(("cold build / pip download", f"{cold_s / download_s:.2f} x"))
+        # Its tags, then the untagged builder stage it left (several GB); the real cache stays.
         for image in client.images.list(name=f"{BENCH_REGISTRY}/pytorch-cuda"):
             for tag in image.tags:
                 client.images.remove(tag)
+        for image in client.images.list(filters={"dangling": True}):
+            if image.id not in before:
+                client.images.remove(image.id)
 
     rebuild_s, _ = build_py("--cuda", args.cuda)
     figures.append(("no-change rebuild of runtime + jupyter + ssh", f"{rebuild_s:.1f} s"))

@@ -65,3 +65,20 @@ def wait_healthy(box, timeout: float = 60) -> None:
             raise AssertionError(f"{box.name} exited: {box.logs(tail=40).decode(errors='replace')}")
         time.sleep(0.5)
     raise AssertionError(f"{box.name} not healthy after {timeout} s")
+
+
+@contextlib.contextmanager
+def removing_new_dangling_images(client: docker.DockerClient) -> Iterator[None]:
+    """Remove the untagged images a block leaves behind, and only those.
+
+    A throwaway build (--no-cache, a failing step) leaves its builder stage as an untagged image
+    of several GB; the images that were there before, the layer cache of real builds, stay.
+    """
+    before = {image.id for image in client.images.list(all=True)}
+    try:
+        yield
+    finally:
+        for image in client.images.list(filters={"dangling": True}):
+            if image.id not in before:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(image.id)

@@ -10,7 +10,7 @@ import pytest
 
 from pytorch_cuda import ca, plan
 
-from .dockerutil import build_py, run
+from .dockerutil import build_py, removing_new_dangling_images, run
 
 pytestmark = pytest.mark.docker
 
@@ -141,8 +141,9 @@ def test_no_change_rebuild_is_all_cache_hits(built):
 def test_failing_step_leaves_no_tag(built, docker_client):
     """pip cannot reach the given index: exit 1, a one-line error, no tag applied (and --keep-going goes on)."""
     registry = "localhost:5999/pytorch-cuda-failtest"
-    result = build_py("--cuda", built["runtime"].build.cuda, "--registry", registry, "--keep-going",
-                      "--index-url", "http://127.0.0.1:9/simple", timeout=900)
+    with removing_new_dangling_images(docker_client):
+        result = build_py("--cuda", built["runtime"].build.cuda, "--registry", registry, "--keep-going",
+                          "--index-url", "http://127.0.0.1:9/simple", timeout=900)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed" in result.stdout and "skipped" in result.stdout  # summary: runtime failed, variants skipped
     assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
@@ -181,12 +182,13 @@ def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_
     registry = "pytorch-cuda-repro.invalid"
     spec = built["runtime"]
     again = f"{registry}/{spec.tag}"
-    try:
-        result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
-                          "--no-cache", "--no-alias", "--registry", registry, timeout=2400)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-        assert _freeze(docker_client, again) == _freeze(docker_client, spec.tag)
-        assert docker_client.images.get(again).labels == docker_client.images.get(spec.tag).labels
-    finally:
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            docker_client.images.remove(again)
+    with removing_new_dangling_images(docker_client):  # the second builder stage: about 5 GB
+        try:
+            result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
+                              "--no-cache", "--no-alias", "--registry", registry, timeout=2400)
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            assert _freeze(docker_client, again) == _freeze(docker_client, spec.tag)
+            assert docker_client.images.get(again).labels == docker_client.images.get(spec.tag).labels
+        finally:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                docker_client.images.remove(again)
