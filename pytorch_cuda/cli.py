@@ -62,6 +62,13 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--preflight", metavar="TAG", help="say whether image TAG can use this host's GPUs, before "
                                                         "starting any container")
     how.add_argument("-v", "--verbose", action="store_true", help="print the builder's full output")
+    k8s = p.add_argument_group("kubernetes")
+    k8s.add_argument("--k8s-job", metavar="TAG", help="print an Indexed Job + headless Service that runs `torchrun "
+                                                      "... -m verify --distributed` of TAG on --nodes pods; needs no "
+                                                      "Docker (the cluster pulls TAG)")
+    k8s.add_argument("--nodes", type=int, metavar="N", help="--k8s-job: pods (nodes), one torchrun each")
+    k8s.add_argument("--gpus-per-node", type=int, default=1, metavar="G", help="--k8s-job: GPUs (and ranks) per "
+                                                                               "pod (default 1)")
     return p
 
 
@@ -242,6 +249,13 @@ def run(argv: list[str] | None = None) -> int:
         raise UsageError("--push needs --registry (e.g. --registry ghcr.io/acme)")
     if args.preflight:
         return preflight_command(args.preflight)
+    if args.k8s_job or args.nodes is not None:
+        if not (args.k8s_job and args.nodes is not None):
+            raise UsageError("--k8s-job TAG and --nodes N go together")
+        from . import k8s
+
+        print(k8s.render_verify_job(k8s.VerifyJob(args.k8s_job, args.nodes, args.gpus_per_node)), end="")
+        return EXIT_OK
     m = matrix.load(args.matrix)
     if args.list:
         print(list_matrix(m))

@@ -6,15 +6,19 @@ its own process (own address space, own process group, killable on timeout), sta
 where torch is imported but CUDA is not initialised, so the child may still use CUDA.
 
 Protocol, one JSON object a line. The parent writes requests to our stdin:
-  {"id": 1, "name": "cuda", "result": PATH, "log": PATH, "manifest": {...}, "require_gpu": false}
+  {"id": 1, "name": "cuda", "result": PATH, "log": PATH, "manifest": {...}, "require_gpu": false,
+   "timeout_s": 120.0, "backend": null}
 We answer on our stdout (kept for this channel alone; stray prints go to stderr):
   {"ready": true, "torch": "2.4.1", "error": null}      once, after the import
   {"started": 1, "pid": 4242}                             after each fork
   {"exited": 1, "pid": 4242, "code": 0}                   code < 0: killed by that signal
-Stdin closing means the parent is gone: we kill what we started and exit.
+Stdin closing means the parent is gone: we kill what we started and exit. So does SIGTERM, which
+torchrun sends to a worker's whole process group (the parent and us, not the checks' own groups);
+and a check dies with us even when we are SIGKILLed (PR_SET_PDEATHSIG), so no check outlives its run.
 """
 from __future__ import annotations
 
+import ctypes
 import faulthandler
 import importlib
 import json
@@ -49,10 +53,22 @@ def _send(channel: TextIO, message: Dict[str, Any]) -> None:
         pass
 
 
-def _child(request: Dict[str, Any], channel_fd: int) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel SIGKILL this process when the runner dies, however it dies."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the runner's SIGTERM handler still covers the usual case
+        pass
+    if os.getppid() != parent:  # the runner died before prctl took effect
+        os._exit(70)
+
+
+def _child(request: Dict[str, Any], channel_fd: int, parent: int) -> None:
     """In the forked process: never returns."""
     code = 70
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with_parent(parent)
         os.setpgid(0, 0)  # its own group: a timeout kills the check and whatever it started
         os.close(channel_fd)
         null = os.open(os.devnull, os.O_RDONLY)
@@ -79,11 +95,18 @@ def _child(request: Dict[str, Any], channel_fd: int) -> None:
 
 def serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    running: Dict[int, int] = {}  # pid -> request id
+
+    def terminate(signum: int, frame: Any) -> None:
+        for pid in list(running):
+            _kill_group(pid)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
     channel_fd = os.dup(1)
     channel = os.fdopen(channel_fd, "w")
     os.dup2(2, 1)  # anything printed by accident goes to the log, not the protocol
     _send(channel, {"ready": True, **_preload(sys.argv[1:])})
-    running: Dict[int, int] = {}  # pid -> request id
     pending = b""
     stdin_open = True
     while stdin_open or running:
@@ -103,9 +126,10 @@ def serve() -> None:
                 request = json.loads(line)
                 sys.stdout.flush()
                 sys.stderr.flush()
+                parent = os.getpid()
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, channel_fd)
+                    _child(request, channel_fd, parent)
                 try:
                     os.setpgid(pid, pid)  # also here, so the group exists before anyone kills it
                 except OSError:

@@ -23,14 +23,16 @@ def run_check(request: Dict[str, Any]) -> CheckResult:
     manifest = Manifest.from_dict(request["manifest"], request["manifest"].get("path", "?")) \
         if request.get("manifest") else None
     fault = faults.fault_for(name)
-    context = CheckContext(manifest=manifest, require_gpu=bool(request.get("require_gpu")), fault=fault)
+    context = CheckContext(manifest=manifest, require_gpu=bool(request.get("require_gpu")), fault=fault,
+                           timeout_s=float(request.get("timeout_s") or 120.0), backend=request.get("backend"))
     started = time.monotonic()
     try:
         _one_cpu_thread()
         module = importlib.import_module(f"verify.checks.{name}")
-        if fault in faults.GENERIC:
+        handled = getattr(module, "FAULTS", ())
+        if fault in faults.GENERIC and fault not in handled:
             faults.apply_generic(fault)  # does not return
-        if fault is not None and fault not in getattr(module, "FAULTS", ()):
+        if fault is not None and fault not in handled and fault not in faults.GENERIC:
             outcome = Outcome(Status.FAIL, f"unknown fault {fault!r} for check {name}")
         else:
             outcome = module.run(context)

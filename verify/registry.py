@@ -4,6 +4,10 @@
 a neighbour would skew. The others may overlap (two at a time, one CPU thread each; see
 `child._one_cpu_thread`), which keeps a full run short. train's images/s is a sanity figure, not a
 benchmark: perf is the benchmark.
+
+`gang` checks run in every process of a distributed launch (torchrun, or any launcher that sets
+RANK and WORLD_SIZE) at the same moment, so they start first; in distributed mode they are the
+only checks run unless --only names others (see cli.py).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ class CheckSpec:
     slow: bool = False  # started first, so the quick checks run beside it
     opt_in: bool = False  # runs only when asked for (--perf, or named in --only)
     preload: Tuple[str, ...] = ()  # modules the runner imports once, before forking this check
+    gang: bool = False  # runs on every rank of a distributed launch together (see the module docstring)
 
     @property
     def module(self) -> str:
@@ -45,6 +50,8 @@ CHECKS: Sequence[CheckSpec] = (
     CheckSpec("train", "a small CNN learns a synthetic task", preload=_DYNAMO),
     CheckSpec("perf", "matmul TFLOP/s, memory and host-to-device bandwidth", 180.0, needs_gpu=True,
               exclusive=True, opt_in=True),
+    CheckSpec("distributed", "every rank of a torchrun/multi-node launch: exact all-reduce, bus bandwidth per "
+              "size, slow or missing ranks (distributed mode only)", 180.0, exclusive=True, opt_in=True, gang=True),
 )
 
 # Not a check: gathers the report's environment fingerprint, in a child like the checks.
@@ -69,14 +76,24 @@ def _names(values: Optional[Iterable[str]], flag: str) -> List[str]:
     return names
 
 
-def select(only: Optional[Iterable[str]], skip: Optional[Iterable[str]], perf: bool) -> List[CheckSpec]:
-    """The checks to run, in report order. Opt-in checks run when asked for by flag or by name."""
+def select(only: Optional[Iterable[str]], skip: Optional[Iterable[str]], perf: bool,
+           distributed: bool = False) -> List[CheckSpec]:
+    """The checks to run, in report order. Opt-in checks run when asked for by flag or by name.
+
+    In distributed mode the default is the gang checks alone: N processes per node each running
+    every single-process check would only repeat the same answer N times.
+    """
     wanted = _names(only, "--only")
     unwanted = set(_names(skip, "--skip"))
+    if not distributed and any(_BY_NAME[name].gang for name in wanted):
+        raise UsageError("the distributed check runs only under torchrun (or RANK, WORLD_SIZE, MASTER_ADDR, "
+                         "MASTER_PORT set by another launcher) or with --distributed")
     chosen = []
     for spec in CHECKS:
         if wanted:
             picked = spec.name in wanted
+        elif distributed:
+            picked = spec.gang
         else:
             picked = not spec.opt_in or (spec.name == "perf" and perf)
         if picked and spec.name not in unwanted:

@@ -37,6 +37,7 @@ class RunOptions:
     require_gpu: bool = False
     timeout_s: Optional[float] = None  # overrides every check's own default
     parallel: int = PARALLEL
+    backend: Optional[str] = None  # --backend, for the distributed check
 
     def timeout_for(self, spec: CheckSpec) -> float:
         return self.timeout_s if self.timeout_s is not None else spec.timeout_s
@@ -149,8 +150,10 @@ def run(specs: Sequence[CheckSpec], options: RunOptions,
 
 def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, workdir: str,
               running: Dict[int, _Job], finish: Callable[[CheckResult], None]) -> None:
-    # Slow checks first so the quick ones run beside them; exclusive ones last, one at a time.
-    queue = sorted(specs, key=lambda spec: (spec.exclusive, not spec.slow))
+    # Gang checks first (every rank of a distributed run starts them together, so none waits for a
+    # neighbour's other checks); then slow checks so the quick ones run beside them; exclusive ones
+    # last, one at a time.
+    queue = sorted(specs, key=lambda spec: (not spec.gang, spec.exclusive, not spec.slow))
     next_ident = 1
     while queue or running:
         while queue and _may_start(queue[0], running, options.parallel):
@@ -162,7 +165,7 @@ def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, 
             zygote.send({
                 "id": job.ident, "name": spec.name, "result": job.result_path, "log": job.log_path,
                 "manifest": options.manifest.to_dict() if options.manifest else None,
-                "require_gpu": options.require_gpu,
+                "require_gpu": options.require_gpu, "timeout_s": job.timeout_s, "backend": options.backend,
             })
             running[job.ident] = job
         wait = min(job.deadline for job in running.values()) - time.monotonic() if running else 0.0
