@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from .errors import IncompatibleCombination, MatrixError, UnknownVersion
 
@@ -33,11 +33,10 @@ def minor_of(version: str) -> str:
 
 @dataclass(frozen=True)
 class Base:
-    """A base image that provides one Python version, and how to make it offline."""
+    """A base image that provides one Python version (baseimage.py can make Debian ones offline)."""
 
     python: str
     image: str
-    suite: str
 
 
 @dataclass(frozen=True)
@@ -166,9 +165,6 @@ class Matrix:
             builds = matching
         return builds
 
-    def select(self, builds: Iterable[Build]) -> list[Build]:
-        return sorted(builds, key=lambda b: (version_key(b.torch), version_key(b.cuda)))
-
 
 def _describe(cuda: str | None, torch: str | None, python: str | None) -> str:
     parts = []
@@ -210,7 +206,7 @@ def load(matrix_file: Path = MATRIX_FILE, bases_file: Path = BASES_FILE, variant
         indexes = data["indexes"]
         builds = tuple(_build_from_json(entry, indexes) for entry in data["builds"])
         bases = {
-            python: Base(python=python, image=spec["image"], suite=spec["suite"])
+            python: Base(python=python, image=spec["image"])
             for python, spec in bases_data["bases"].items()
         }
     except (OSError, ValueError, KeyError, TypeError) as err:

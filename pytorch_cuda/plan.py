@@ -21,7 +21,6 @@ class ImageSpec:
     variant: str
     python: str
     base_image: str
-    base_suite: str
     repository: str = REPOSITORY
     alias: bool = False
     python_is_default: bool = True
@@ -100,7 +99,6 @@ def plan(
                 variant=variant,
                 python=py,
                 base_image=base_image or base.image,
-                base_suite=base.suite,
                 repository=repository,
                 alias=matrix.is_newest_of_minor(build),
                 python_is_default=py == matrix.default_python,
