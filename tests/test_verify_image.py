@@ -86,3 +86,13 @@ def test_preflight_of_a_missing_image_is_one_line():
     result = build_py("--preflight", "pytorch-cuda:0.0.0-cuda0.0-runtime")
     assert result.returncode == 1
     assert "is not here" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_verify_reports_the_lock_digest(built, docker_client):
+    spec = built["runtime"]
+    code, report, table = _verify_report(docker_client, spec.tag, "--only", "environment")
+    assert code == 0, table
+    expected = docker_client.images.get(spec.tag).labels["io.pytorch-cuda.lock-digest"]
+    assert expected.startswith("sha256:")
+    assert report["fingerprint"]["lock_digest"] == expected
+    assert _checks(report)["environment"]["figures"]["lock_digest"] == expected

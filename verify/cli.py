@@ -113,6 +113,7 @@ def _fingerprint(probe: CheckResult, manifest: Optional[Manifest], started: date
         "gpus": found.get("gpus", []),
         "manifest": manifest.path if manifest else None,
         "tag": manifest.tag if manifest else None,
+        "lock_digest": manifest.lock_digest if manifest else None,
     }
     if probe.status is not Status.PASS:
         fingerprint["error"] = probe.reason

@@ -33,6 +33,7 @@ class Manifest:
     archs: Tuple[str, ...] = ()
     min_driver: Optional[str] = None
     user: Optional[str] = None
+    lock_digest: Optional[str] = None  # sha256 of the lock file the image's packages came from
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], path: str) -> "Manifest":

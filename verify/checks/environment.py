@@ -109,6 +109,7 @@ def run(ctx: CheckContext) -> Outcome:
     actual = _actual_versions(cuda_major, cudnn)
     found.figures["versions"] = actual
     found.figures["manifest"] = manifest.path if manifest else None
+    found.figures["lock_digest"] = manifest.lock_digest if manifest else None
     found.key_figure = f"torch {torch.__version__}"
     cpu_build = torch.version.cuda is None
 
