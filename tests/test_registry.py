@@ -53,6 +53,7 @@ def test_push_verify_then_pull_by_digest(registry, built, docker_client):
     prefix = f"{address}/team"
     pushed = f"{prefix}/{spec.tag}"
     alias = f"{prefix}/{spec.aliases[0]}"
+    digests: list[str] = []
     try:
         result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
                           "--registry", prefix, "--verify", "--push", timeout=2400)
@@ -72,6 +73,6 @@ def test_push_verify_then_pull_by_digest(registry, built, docker_client):
         assert pulled.id == image.id
         assert pulled.labels["io.pytorch-cuda.lock-digest"] == image.labels["io.pytorch-cuda.lock-digest"]
     finally:
-        for ref in (pushed, alias):
+        for ref in (pushed, alias, *digests):  # the digest reference the pull made, too
             with contextlib.suppress(docker.errors.APIError):
                 docker_client.images.remove(ref)
