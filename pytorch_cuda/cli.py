@@ -86,7 +86,7 @@ def list_matrix(m: matrix.Matrix) -> str:
 
 def describe_plan(specs: list[plan.ImageSpec]) -> str:
     rows = [[s.tag, " ".join(s.aliases) or "-", s.build.torch, s.build.cuda, s.build.cudnn, s.build.nccl, s.python,
-             s.base_image if s.variant == "runtime" else s.runtime_tag, str(s.dockerfile.relative_to(matrix.REPO_ROOT))]
+             s.base_image if s.variant == "runtime" else s.runtime_tag, render.repo_path(s.dockerfile)]
             for s in specs]
     return table(["TAG", "ALIASES", "TORCH", "CUDA", "CUDNN", "NCCL", "PYTHON", "FROM", "DOCKERFILE"], rows)
 
@@ -129,16 +129,12 @@ def write_rendered(m: matrix.Matrix, specs: list[plan.ImageSpec]) -> list[Path]:
     return written
 
 
-def _relative(path: Path) -> str:
-    return path.relative_to(matrix.REPO_ROOT).as_posix()
-
-
 def context_files(spec: plan.ImageSpec, dockerfile: str) -> dict[str, bytes]:
     """The generated files of one build context, at the repository paths its Dockerfile COPYs."""
     return {
-        _relative(spec.dockerfile): dockerfile.encode(),
-        _relative(spec.manifest): render.render_manifest(spec).encode(),
-        _relative(spec.lock): spec.lock.read_bytes(),
+        render.repo_path(spec.dockerfile): dockerfile.encode(),
+        render.repo_path(spec.manifest): render.render_manifest(spec).encode(),
+        render.repo_path(spec.lock): spec.lock.read_bytes(),
     }
 
 
@@ -190,7 +186,7 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
         progress.start(index, len(specs), spec.tag)
         try:
             image_id = docker_build.build_image(
-                client, spec.tag, docker_build.make_context(files), _relative(spec.dockerfile), buildargs,
+                client, spec.tag, docker_build.make_context(files), render.repo_path(spec.dockerfile), buildargs,
                 nocache=args.no_cache, labels=labels,
                 events=docker_build.BuildEvents(on_step=progress.step, on_line=progress.line),
             )
@@ -279,7 +275,7 @@ def run(argv: list[str] | None = None) -> int:
     unlocked = [spec for spec in specs if not spec.lock_digest]
     if unlocked:
         first = unlocked[0]
-        raise MatrixError(f"{first.tag} has no lock file ({first.lock.relative_to(matrix.REPO_ROOT)}): "
+        raise MatrixError(f"{first.tag} has no lock file ({render.repo_path(first.lock)}): "
                           f"run `python -m pytorch_cuda.lock --torch {first.build.torch} --cuda {first.build.cuda}`")
     started = time.monotonic()
     results = build_all(m, specs, args, ca_value)

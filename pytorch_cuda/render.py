@@ -25,7 +25,8 @@ def _environment(templates_dir: Path) -> jinja2.Environment:
     )
 
 
-def _relative(path: Path) -> str:
+def repo_path(path: Path) -> str:
+    """A repository file as the Dockerfiles and build contexts name it: relative, with slashes."""
     return path.relative_to(REPO_ROOT).as_posix()
 
 
@@ -38,9 +39,9 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         packages=packages,
         user=IMAGE_USER,
         uid=IMAGE_UID,
-        dockerfile_path=_relative(spec.dockerfile),
-        manifest_path=_relative(spec.manifest),
-        lock_path=_relative(spec.lock),
+        dockerfile_path=repo_path(spec.dockerfile),
+        manifest_path=repo_path(spec.manifest),
+        lock_path=repo_path(spec.lock),
     )
     # Blank runs left by empty blocks are noise in a reviewed file.
     lines: list[str] = []
