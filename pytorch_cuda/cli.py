@@ -75,13 +75,17 @@ def parser() -> argparse.ArgumentParser:
 # -- commands ---------------------------------------------------------------------------------
 
 def list_matrix(m: matrix.Matrix) -> str:
+    """The matrix as the runtime images hold it: library versions are the locks' exact ones."""
     rows = []
-    for b in m.newest_per_tag():
+    for spec in plan.plan(m, m.newest_per_tag(), variants=("runtime",)):
+        b, shown = spec.build, render.image_manifest(spec)
         rows.append([
-            b.torch, b.cuda, b.cudnn, b.nccl, b.cublas, " ".join(b.pythons), b.torchvision or "-",
-            b.torchaudio or "-", b.min_driver, ",".join(a.replace("sm_", "") for a in (b.archs or [])) or "?", b.index,
+            b.torch, b.cuda, shown.cudnn or "-", shown.nccl or "-", shown.cublas or "-", " ".join(b.pythons),
+            b.torchvision or "-", b.torchaudio or "-", b.driver_floor, b.toolkit_driver,
+            ",".join(a.replace("sm_", "") for a in (b.archs or [])) or "?", b.index,
         ])
-    return table(["TORCH", "CUDA", "CUDNN", "NCCL", "CUBLAS", "PYTHON", "VISION", "AUDIO", "MIN DRIVER", "ARCHS", "INDEX"], rows)
+    return table(["TORCH", "CUDA", "CUDNN", "NCCL", "CUBLAS", "PYTHON", "VISION", "AUDIO", "DRIVER FLOOR",
+                  "CUDA DRIVER", "ARCHS", "INDEX"], rows)
 
 
 def describe_plan(specs: list[plan.ImageSpec]) -> str:
@@ -228,11 +232,35 @@ def build_all(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Name
 
 
 def preflight_command(ref: str) -> int:
-    from . import containers, docker_build, preflight
+    """Judge image `ref` on this host: from its labels when it is here, else from the matrix's
+    committed manifest of that tag (so a user can ask before pulling 6-10 GB)."""
+    from verify import manifest as contract
 
-    client = docker_build.connect()
-    labels = containers.labels_of(client, ref)
-    findings = preflight.evaluate(labels, preflight.host_facts(containers.runtimes(client)))
+    from . import containers, docker_build, preflight
+    from .errors import DockerUnavailable, PytorchCudaError
+
+    runtimes: tuple[str, ...] = ()
+    cdi_dirs = preflight.CDI_DIRS
+    docker_problem, image = "", None
+    try:
+        client = docker_build.connect(timeout=30)
+        runtimes = containers.runtimes(client)
+        cdi_dirs = tuple(dict.fromkeys((*preflight.CDI_DIRS, *containers.cdi_spec_dirs(client))))
+        image = contract.from_labels(containers.labels_of(client, ref), ref)
+    except DockerUnavailable:
+        docker_problem = "the Docker daemon cannot be reached (start it, or set DOCKER_HOST)"
+    except PytorchCudaError:  # not here: a tag of the matrix can still be judged from its manifest
+        pass
+    if image is None and (committed := plan.committed_manifest(ref)) is not None:
+        image = contract.Manifest.from_dict(json.loads(committed.read_text()), render.repo_path(committed))
+        print(f"{ref} is not present here: judging the tag from {render.repo_path(committed)}")
+    elif image is None and docker_problem:
+        raise DockerUnavailable(f"{docker_problem}, and {ref} is not a tag of the matrix")
+    elif image is None:
+        raise PytorchCudaError(f"image {ref} is not here and is not a tag of the matrix: build it (build.py) or "
+                               "pull it first")
+    facts = preflight.host_facts(runtimes, cdi_dirs, docker_problem=docker_problem)
+    findings = preflight.evaluate(image, facts)
     print(table(["CHECK", "FINDING"], [[f.status, f.message] for f in findings]))
     failed = [f for f in findings if f.status == "fail"]
     print(f"{ref}: " + ("can use this host's GPUs" if not failed else f"cannot use this host's GPUs ({len(failed)} problem(s))"))

@@ -13,6 +13,11 @@ def runtimes(client: docker.DockerClient) -> tuple[str, ...]:
     return tuple(sorted(client.info().get("Runtimes", {})))
 
 
+def cdi_spec_dirs(client: docker.DockerClient) -> tuple[str, ...]:
+    """Where the engine reads CDI specs (Docker >= 25 says so in `docker info`); () when it does not say."""
+    return tuple(client.info().get("CDISpecDirs") or ())
+
+
 def labels_of(client: docker.DockerClient, ref: str) -> dict[str, str]:
     try:
         return dict(client.api.inspect_image(ref)["Config"].get("Labels") or {})

@@ -57,7 +57,8 @@ class Build:
     cublas: str
     nvidia_packages: Mapping[str, str] = field(compare=False)
     archs: tuple[str, ...] | None
-    min_driver: str
+    toolkit_driver: str  # the Linux driver of this CUDA release
+    driver_floor: str  # the oldest driver that runs this CUDA major (minor version compatibility)
 
     @property
     def torch_minor(self) -> str:
@@ -193,7 +194,8 @@ def _build_from_json(entry: Mapping, indexes: Mapping[str, str]) -> Build:
         cublas=entry["cublas"],
         nvidia_packages=dict(entry["nvidia_packages"]),
         archs=tuple(entry["archs"]) if entry.get("archs") else None,
-        min_driver=entry["min_driver"],
+        toolkit_driver=entry["toolkit_driver"],
+        driver_floor=entry["driver_floor"],
     )
 
 

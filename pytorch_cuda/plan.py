@@ -1,10 +1,10 @@
 """What a command means in images: tags, aliases, base images and file paths. Pure data, no Docker."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import lockfile
 from .matrix import IMAGES_DIR, Build, Matrix
 
 VARIANTS = ("runtime", "jupyter", "ssh")
@@ -26,6 +26,7 @@ class ImageSpec:
     python_is_default: bool = True
     lock_digest: str = ""  # of this image's lock file; "" while it has none
     runtime_lock_digest: str = ""
+    runtime_pins: tuple[tuple[str, str], ...] = ()  # (name, version) of every package the runtime lock pins
 
     @property
     def stem(self) -> str:
@@ -73,11 +74,6 @@ class ImageSpec:
         return self.directory / f"{'jupyter' if self.variant == 'jupyter' else 'runtime'}.lock"
 
 
-def file_digest(path: Path) -> str:
-    """'sha256:<hex>' of a lock file, or '' when there is none yet."""
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
-
-
 def plan(
     matrix: Matrix,
     builds: list[Build],
@@ -103,6 +99,20 @@ def plan(
                 alias=matrix.is_newest_of_minor(build),
                 python_is_default=py == matrix.default_python,
             )
-            specs.append(replace(spec, lock_digest=file_digest(spec.lock),
-                                 runtime_lock_digest=file_digest(spec.directory / "runtime.lock")))
+            runtime_lock = spec.directory / "runtime.lock"
+            specs.append(replace(spec, lock_digest=lockfile.digest(spec.lock),
+                                 runtime_lock_digest=lockfile.digest(runtime_lock),
+                                 runtime_pins=tuple(sorted(lockfile.pins(runtime_lock).items()))))
     return specs
+
+
+def committed_manifest(ref: str) -> Path | None:
+    """The committed manifest of an image reference of ours ('[registry/]pytorch-cuda:<stem>-<variant>')."""
+    name, _, tag = ref.rpartition(":")
+    if not name.split("/")[-1] == REPOSITORY or "/" in tag:
+        return None
+    for variant in VARIANTS:
+        if tag.endswith(f"-{variant}"):
+            path = IMAGES_DIR / tag[: -len(variant) - 1] / "manifest.json"
+            return path if path.is_file() else None
+    return None

@@ -11,7 +11,8 @@ Every value in the matrix comes from an index or a wheel, never from memory:
 * the GPU architectures: the string behind ``torch._C._cuda_getArchFlags()``, which is
   compiled into ``torch/lib/libtorch_python.so``; only that member is read, by Range requests;
 * ``torch/version.py`` (also read by Range) cross-checks the CUDA version;
-* the minimum driver: ``images/cuda_drivers.json``, transcribed from NVIDIA's release notes.
+* the drivers: ``images/cuda_drivers.json``, transcribed from NVIDIA's release notes: the driver
+  of each CUDA release, and the floor of each CUDA major (minor version compatibility).
 
 Run ``python -m pytorch_cuda.refresh --help``.
 """
@@ -51,7 +52,7 @@ from pytorch_cuda.wheelmeta import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = 1
+SCHEMA = 2  # 2: min_driver became toolkit_driver, and driver_floor was added
 GENERATED_BY = "python -m pytorch_cuda.refresh"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "images" / "matrix.json"
@@ -251,10 +252,24 @@ def cuda_of_version_py(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def read_drivers(path: Path) -> dict[str, str]:
-    """CUDA major.minor -> minimum Linux x86_64 driver, from ``images/cuda_drivers.json``."""
+@dataclasses.dataclass(frozen=True)
+class DriverTable:
+    """``images/cuda_drivers.json``: NVIDIA's Linux x86_64 driver of each CUDA release, and per
+    CUDA major the floor of minor version compatibility (the oldest driver that runs it at all)."""
+
+    toolkit: Mapping[str, str]  # "12.4" -> "550.54.14"
+    floors: Mapping[str, str]  # "12" -> "525.60.13"
+
+    def toolkit_driver(self, cuda: str) -> str | None:
+        return self.toolkit.get(cuda)
+
+    def floor(self, cuda: str) -> str | None:
+        return self.floors.get(cuda.split(".")[0])
+
+
+def read_drivers(path: Path) -> DriverTable:
     data = json.loads(path.read_text())
-    return dict(data["toolkit_driver"])
+    return DriverTable(dict(data["toolkit_driver"]), dict(data["minor_version_compatibility"]))
 
 
 # ------------------------------------------------------------------- companions
@@ -351,12 +366,12 @@ class Refresher:
     def __init__(
         self,
         indexes: Mapping[str, str],
-        drivers: Mapping[str, str],
+        drivers: DriverTable,
         http: Http | None = None,
         jobs: int = 8,
     ) -> None:
         self.indexes = {name: url.rstrip("/") for name, url in indexes.items()}
-        self.drivers = dict(drivers)
+        self.drivers = drivers
         self.http = http or Http()
         self.meta = MetadataReader(self.http)
         self.jobs = jobs
@@ -492,7 +507,8 @@ class Refresher:
             "nvidia_packages": dict(sorted(nvidia.items())),
             "archs": archs,
             "archs_source": archs_source,
-            "min_driver": self.drivers.get(cuda),
+            "toolkit_driver": self.drivers.toolkit_driver(cuda),
+            "driver_floor": self.drivers.floor(cuda),
         }
 
     def read_wheel_members(self, wheel: IndexFile) -> tuple[list[str] | None, str, str | None]:

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import jinja2
 
+from verify import compat
+from verify import manifest as contract
+
+from . import lockfile
 from .matrix import REPO_ROOT
 from .plan import IMAGE_UID, IMAGE_USER, ImageSpec
 
@@ -42,6 +46,8 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         dockerfile_path=repo_path(spec.dockerfile),
         manifest_path=repo_path(spec.manifest),
         lock_path=repo_path(spec.lock),
+        labels=labels(spec),
+        require_cuda=compat.require_cuda(spec.build.cuda),
     )
     # Blank runs left by empty blocks are noise in a reviewed file.
     lines: list[str] = []
@@ -51,31 +57,53 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
     return "\n".join(lines).strip("\n") + "\n"
 
 
-def manifest(spec: ImageSpec) -> dict:
-    """What the image promises; `verify` compares the running environment against it."""
+def image_manifest(spec: ImageSpec) -> contract.Manifest:
+    """What the image promises; `verify` compares the running environment against it.
+
+    Versions come from the runtime lock where it pins them (what the image really installs: CUDA
+    13's torch pins `nvidia-cuda-runtime==13.0.96.*`, a specifier), else from the matrix.
+    """
     build = spec.build
-    return {
-        "tag": spec.stem,
-        "torch": build.torch,
-        "torchvision": build.torchvision,
-        "torchaudio": build.torchaudio,
-        "triton": build.triton,
-        "cuda": build.cuda,
-        "cuda_runtime": build.cuda_runtime,
-        "cudnn": build.cudnn,
-        "nccl": build.nccl,
-        "cublas": build.cublas,
-        "python": spec.python,
-        "archs": list(build.archs or []),
-        "min_driver": build.min_driver,
-        "index": build.index_url,
-        "lock_digest": spec.runtime_lock_digest,
-        "user": IMAGE_USER,
-    }
+    locked = dict(spec.runtime_pins)
+
+    def exact(component: str, declared: str | None) -> str | None:
+        return lockfile.component_version(locked, component) or declared
+
+    return contract.Manifest(
+        path=contract.DEFAULT_PATH,
+        tag=spec.stem,
+        torch=build.torch,
+        torchvision=build.torchvision,
+        torchaudio=build.torchaudio,
+        triton=locked.get("triton") or locked.get("pytorch-triton") or build.triton,
+        cuda=build.cuda,
+        cuda_runtime=exact("nvidia-cuda-runtime", build.cuda_runtime),
+        cudnn=exact("nvidia-cudnn", build.cudnn),
+        nccl=exact("nvidia-nccl", build.nccl),
+        cublas=exact("nvidia-cublas", build.cublas),
+        python=spec.python,
+        archs=tuple(build.archs or ()),
+        driver_floor=build.driver_floor,
+        toolkit_driver=build.toolkit_driver,
+        index=build.index_url,
+        user=IMAGE_USER,
+        lock_digest=spec.runtime_lock_digest,
+        packages={name: version for name, version in locked.items() if lockfile.is_cuda_stack(name)},
+    )
+
+
+def labels(spec: ImageSpec) -> dict[str, str]:
+    """The io.pytorch-cuda.* labels: the manifest's values, and this variant's own lock digest."""
+    values = contract.to_labels(image_manifest(spec))
+    values[contract.LABELS["lock_digest"]] = spec.lock_digest
+    values[contract.VARIANT_LABEL] = spec.variant
+    return values
 
 
 def render_manifest(spec: ImageSpec) -> str:
-    return json.dumps(manifest(spec), indent=2, sort_keys=True) + "\n"
+    data = image_manifest(spec).to_dict()
+    del data["path"]  # where the file lies is the reader's business
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def rendered_files(spec: ImageSpec, packages: tuple[str, ...] = ()) -> dict[Path, str]:

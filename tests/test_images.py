@@ -8,7 +8,7 @@ import re
 import docker.errors
 import pytest
 
-from pytorch_cuda import ca, plan
+from pytorch_cuda import ca, lockfile, plan
 
 from .dockerutil import build_py, removing_new_dangling_images, run
 
@@ -58,14 +58,16 @@ def test_labels_match_the_matrix_and_the_inside(built, docker_client):
     expected = {
         "io.pytorch-cuda.torch": build.torch, "io.pytorch-cuda.cuda": build.cuda, "io.pytorch-cuda.cudnn": build.cudnn,
         "io.pytorch-cuda.nccl": build.nccl, "io.pytorch-cuda.python": spec.python,
-        "io.pytorch-cuda.min-driver": build.min_driver, "io.pytorch-cuda.variant": "runtime",
+        "io.pytorch-cuda.toolkit-driver": build.toolkit_driver, "io.pytorch-cuda.driver-floor": build.driver_floor,
+        "io.pytorch-cuda.variant": "runtime",
         "org.opencontainers.image.version": f"{spec.stem}-runtime",
     }
     assert {k: labels.get(k) for k in expected} == expected
     code, out = run(docker_client, spec.tag, ["python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
     assert out.strip() == labels["io.pytorch-cuda.python"]
     env = docker_client.images.get(spec.tag).attrs["Config"]["Env"]
-    assert f"NVIDIA_REQUIRE_CUDA=cuda>={build.cuda}" in env
+    # Minor version compatibility: any CUDA 12 driver (>= 525.60.13, which supports CUDA 12.0) runs it.
+    assert "NVIDIA_REQUIRE_CUDA=cuda>=12.0" in env
     assert "NVIDIA_VISIBLE_DEVICES=all" in env
 
 
@@ -174,7 +176,7 @@ def test_the_image_holds_exactly_its_lock(built, docker_client):
     spec = built["runtime"]
     assert _freeze(docker_client, spec.tag) == _lock_pins(spec.lock.read_text())
     labels = docker_client.images.get(spec.tag).labels
-    assert labels["io.pytorch-cuda.lock-digest"] == plan.file_digest(spec.lock) != ""
+    assert labels["io.pytorch-cuda.lock-digest"] == lockfile.digest(spec.lock) != ""
 
 
 def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_client):

@@ -19,7 +19,7 @@ BUILDS = MATRIX["builds"]
 
 BUILD_KEYS = {
     "torch", "cuda", "index", "pythons", "torchvision", "torchaudio", "triton", "cuda_runtime",
-    "cudnn", "nccl", "cublas", "nvidia_packages", "archs", "archs_source", "min_driver",
+    "cudnn", "nccl", "cublas", "nvidia_packages", "archs", "archs_source", "toolkit_driver", "driver_floor",
 }
 VERSION = re.compile(r"^\d+(\.\d+)+$")
 PIN = re.compile(r"^\d+(\.\d+)+(\.\*)?$")  # CUDA 13's cuda-toolkit pins as ==13.0.96.*
@@ -43,7 +43,7 @@ def ids(builds):
 
 def test_document_header():
     assert set(MATRIX) == {"schema", "generated_by", "generated_on", "indexes", "builds"}
-    assert MATRIX["schema"] == 1
+    assert MATRIX["schema"] == 2
     assert MATRIX["generated_by"] == "python -m pytorch_cuda.refresh"
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", MATRIX["generated_on"])
     assert MATRIX["indexes"]["pypi"] == "https://pypi.org/simple"
@@ -84,9 +84,10 @@ def test_build_entry(build):
     suffixes = {m.group(1) for n in packages if (m := re.search(r"-cu(\d+)$", n))}
     assert suffixes <= {build["cuda"].split(".")[0]}
 
-    # The driver is the table's value for this CUDA minor version.
-    assert build["min_driver"] == DRIVERS["toolkit_driver"].get(build["cuda"])
-    assert build["min_driver"] is not None and DRIVER.match(build["min_driver"])
+    # The drivers are the table's values: this CUDA minor's release driver, and its major's floor.
+    assert build["toolkit_driver"] == DRIVERS["toolkit_driver"].get(build["cuda"])
+    assert build["toolkit_driver"] is not None and DRIVER.match(build["toolkit_driver"])
+    assert build["driver_floor"] == DRIVERS["minor_version_compatibility"][build["cuda"].split(".")[0]]
 
     pythons = build["pythons"]
     assert pythons and all(re.fullmatch(r"3\.\d+", p) for p in pythons)

@@ -7,7 +7,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from pytorch_cuda import matrix, plan, render
+from pytorch_cuda import lockfile, matrix, plan, render
 
 FIXTURE = Path(__file__).parent / "fixtures" / "matrix.json"
 
@@ -60,7 +60,7 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     assert "ARG PIP_CA_CERT" in builder and "PIP_CA_CERT" not in final
     assert "COPY --from=builder /opt/venv /opt/venv" in final
     assert re.search(r"^USER pytorch$", final, re.M)
-    assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.1"' in final
+    assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.0"' in final  # the CUDA 12 floor, not 12.1's own driver
     assert "NVIDIA_VISIBLE_DEVICES=all" in final and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in final
     for package in ("gcc", "g++", "python3-dev"):
         assert package in final  # torch.compile needs a compiler and Python.h
@@ -72,7 +72,8 @@ def test_labels_carry_the_matrix(specs):
     labels = dict(re.findall(r'(io\.pytorch-cuda\.[\w-]+|org\.opencontainers\.image\.[\w.]+)="([^"]*)"', text))
     assert labels["io.pytorch-cuda.cudnn"] == "9.1.0.70"
     assert labels["io.pytorch-cuda.nccl"] == "2.20.5"
-    assert labels["io.pytorch-cuda.min-driver"] == "530.30.02"
+    assert labels["io.pytorch-cuda.toolkit-driver"] == "530.30.02"
+    assert labels["io.pytorch-cuda.driver-floor"] == "525.60.13"
     assert labels["io.pytorch-cuda.archs"].split() == list(specs["runtime"].build.archs)
     assert labels["org.opencontainers.image.version"] == "2.4.1-cuda12.1-runtime"
 
@@ -108,12 +109,12 @@ def test_lock_digest_is_labelled_and_a_changed_lock_changes_the_dockerfile(tmp_p
     spec = specs["runtime"]
     lock = tmp_path / "runtime.lock"
     lock.write_text("torch==2.4.1 --hash=sha256:00\n")
-    first = render.render_dockerfile(replace(spec, lock_digest=plan.file_digest(lock)))
+    first = render.render_dockerfile(replace(spec, lock_digest=lockfile.digest(lock)))
     lock.write_text("torch==2.4.1 --hash=sha256:11\n")
-    second = render.render_dockerfile(replace(spec, lock_digest=plan.file_digest(lock)))
-    assert f'io.pytorch-cuda.lock-digest="{plan.file_digest(lock)}"' in second
+    second = render.render_dockerfile(replace(spec, lock_digest=lockfile.digest(lock)))
+    assert f'io.pytorch-cuda.lock-digest="{lockfile.digest(lock)}"' in second
     assert first != second  # so the golden-file test fails until the Dockerfiles are re-rendered
-    assert plan.file_digest(tmp_path / "missing.lock") == ""
+    assert lockfile.digest(tmp_path / "missing.lock") == ""
 
 
 def test_ssh_carries_the_runtime_lock_and_manifest_names_it(specs):

@@ -1,13 +1,18 @@
-"""Preflight verdicts from labels and host facts (pure), and the CLI on this GPU-less host."""
+"""Preflight verdicts from an image's labels and host facts (pure), nvidia-smi's answers, and the CLI here."""
 import pytest
 
-from pytorch_cuda.preflight import Gpu, HostFacts, arch_support, evaluate, parse_nvidia_smi
+from pytorch_cuda.preflight import HostFacts, cdi_specs, evaluate
+from verify import nvsmi
+from verify.manifest import from_labels
 
-LABELS = {
-    "io.pytorch-cuda.torch": "2.4.1", "io.pytorch-cuda.cuda": "12.1", "io.pytorch-cuda.min-driver": "530.30.02",
+LABELS_241 = {
+    "io.pytorch-cuda.torch": "2.4.1", "io.pytorch-cuda.cuda": "12.1",
+    "io.pytorch-cuda.driver-floor": "525.60.13", "io.pytorch-cuda.toolkit-driver": "530.30.02",
     "io.pytorch-cuda.archs": "sm_50 sm_60 sm_70 sm_75 sm_80 sm_86 sm_90",
 }
-H100 = Gpu("NVIDIA H100 80GB HBM3", "9.0")
+IMAGE = from_labels(LABELS_241, "pytorch-cuda:2.4.1-cuda12.1-runtime")
+H100 = nvsmi.SmiGpu("NVIDIA H100 80GB HBM3", "9.0")
+TOOLKIT = ("nvidia", "runc")
 
 
 def statuses(findings):
@@ -15,54 +20,84 @@ def statuses(findings):
 
 
 def test_a_good_host_passes():
-    findings = evaluate(LABELS, HostFacts("550.54.15", (H100,), ("nvidia", "runc")))
+    findings = evaluate(IMAGE, HostFacts("550.54.15", (H100,), TOOLKIT))
     assert statuses(findings) == ["ok", "ok", "ok"]
 
 
-def test_old_driver_names_both_versions_and_the_fix():
-    findings = evaluate(LABELS, HostFacts("525.60.13", (H100,), ("nvidia", "runc")))
-    fail = [f for f in findings if f.status == "fail"]
-    assert len(fail) == 1
-    assert "525.60.13 is older than 530.30.02" in fail[0].message and "upgrade the NVIDIA driver" in fail[0].message
+def test_a_driver_between_the_floor_and_the_toolkit_driver_warns_and_says_what_may_not_work():
+    findings = evaluate(IMAGE, HostFacts("525.60.13", (H100,), TOOLKIT))
+    assert statuses(findings) == ["warn", "ok", "ok"]
+    assert "minor version compatibility" in findings[0].message and "530.30.02" in findings[0].message
+    assert "PTX" in findings[0].message
+
+
+def test_a_driver_below_the_floor_fails_with_the_floor_and_the_fix():
+    findings = evaluate(IMAGE, HostFacts("470.256.02", (H100,), TOOLKIT))
+    assert findings[0].status == "fail"
+    assert "470.256.02 is older than 525.60.13" in findings[0].message
+    assert "upgrade the NVIDIA driver" in findings[0].message
 
 
 def test_driver_versions_compare_numerically():
-    assert statuses(evaluate(LABELS, HostFacts("1000.1.1", (H100,), ("nvidia",))))[0] == "ok"
-    assert statuses(evaluate(LABELS, HostFacts("530.30.02", (H100,), ("nvidia",))))[0] == "ok"
-    assert statuses(evaluate(LABELS, HostFacts("530.29.99", (H100,), ("nvidia",))))[0] == "fail"
+    assert evaluate(IMAGE, HostFacts("1000.1.1", (H100,), TOOLKIT))[0].status == "ok"
+    assert evaluate(IMAGE, HostFacts("530.30.02", (H100,), TOOLKIT))[0].status == "ok"
+    assert evaluate(IMAGE, HostFacts("530.29.99", (H100,), TOOLKIT))[0].status == "warn"
+    assert evaluate(IMAGE, HostFacts("525.60.12", (H100,), TOOLKIT))[0].status == "fail"
+
+
+def test_an_image_from_before_driver_floors_is_judged_by_its_toolkit_driver():
+    old = from_labels({"io.pytorch-cuda.torch": "2.4.1", "io.pytorch-cuda.cuda": "12.1",
+                       "io.pytorch-cuda.min-driver": "530.30.02", "io.pytorch-cuda.archs": "sm_90"}, "old")
+    assert evaluate(old, HostFacts("525.60.13", (H100,), TOOLKIT))[0].status == "fail"
+    assert evaluate(old, HostFacts("535.104.05", (H100,), TOOLKIT))[0].status == "ok"
+
+
+def test_same_major_cubin_covers_a_newer_minor():
+    """NVIDIA L4 is sm_89: the sm_86 cubin runs there (CUDA binary compatibility)."""
+    findings = evaluate(IMAGE, HostFacts("550.54.15", (nvsmi.SmiGpu("NVIDIA L4", "8.9"),), TOOLKIT))
+    assert findings[1].status == "ok" and "sm_86 cubin runs on sm_89" in findings[1].message
 
 
 def test_gpu_arch_not_compiled_in_is_explained_before_it_fails():
-    blackwell = Gpu("NVIDIA B200", "10.0")
-    findings = evaluate(LABELS, HostFacts("570.86.10", (blackwell,), ("nvidia",)))
+    findings = evaluate(IMAGE, HostFacts("570.86.15", (nvsmi.SmiGpu("NVIDIA B200", "10.0"),), TOOLKIT))
     message = next(f.message for f in findings if f.status == "fail")
     assert "sm_100" in message and "no kernel image is available" in message
 
 
-@pytest.mark.parametrize("cc, archs, expected", [
-    ("9.0", ["sm_80", "sm_90"], "native"),
-    ("8.9", ["sm_80", "sm_90"], "none"),
-    ("8.9", ["sm_80", "compute_80"], "ptx"),
-    ("10.0", ["sm_90", "compute_90"], "ptx"),
-    ("7.5", ["sm_80", "compute_80"], "none"),
-])
-def test_arch_support(cc, archs, expected):
-    assert arch_support(cc, archs) == expected
+def test_unknown_compute_capability_warns_instead_of_crashing():
+    findings = evaluate(IMAGE, HostFacts("550.54.15", (nvsmi.SmiGpu("NVIDIA A100-SXM4-40GB", None),), TOOLKIT))
+    assert findings[1].status == "warn" and "compute capability unknown" in findings[1].message
 
 
-def test_no_driver_and_no_nvidia_runtime():
-    findings = evaluate(LABELS, HostFacts(None, (), ("runc",), "nvidia-smi not found"))
+def test_no_driver_and_no_container_toolkit():
+    findings = evaluate(IMAGE, HostFacts(None, (), ("runc",), "nvidia-smi not found"))
     assert statuses(findings) == ["fail", "warn"]
     assert "no NVIDIA driver on this host (nvidia-smi not found)" in findings[0].message
     assert "NVIDIA Container Toolkit" in findings[1].message
 
 
+@pytest.mark.parametrize("facts, says", [
+    (dict(docker_runtimes=("runc",), hook="/usr/bin/nvidia-container-runtime-hook"), "--gpus all` works"),
+    (dict(docker_runtimes=("runc",), cdi_specs=("/etc/cdi/nvidia.yaml",)), "nvidia.com/gpu=all"),
+    (dict(docker_runtimes=("nvidia", "runc")), "nvidia runtime"),
+])
+def test_gpus_reach_docker_without_a_registered_nvidia_runtime(facts, says):
+    """`docker run --gpus` and Compose device requests need only the toolkit's hook, or CDI."""
+    findings = evaluate(IMAGE, HostFacts("550.54.15", (H100,), **facts))
+    assert findings[-1].status == "ok" and says in findings[-1].message
+
+
+def test_no_toolkit_found_is_a_warning_not_a_failure():
+    findings = evaluate(IMAGE, HostFacts("550.54.15", (H100,), ("runc",)))
+    assert findings[-1].status == "warn"
+
+
+def test_cdi_specs_are_found_only_when_they_name_nvidia_gpus(tmp_path):
+    (tmp_path / "nvidia.yaml").write_text("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices: []\n")
+    (tmp_path / "other.json").write_text('{"kind": "vendor.com/fpga"}')
+    assert cdi_specs([str(tmp_path), str(tmp_path / "missing")]) == (str(tmp_path / "nvidia.yaml"),)
+
+
 def test_image_without_our_labels():
-    assert statuses(evaluate({}, HostFacts("550.1", (H100,), ("nvidia",)))) == ["fail"]
-
-
-def test_parse_nvidia_smi():
-    text = "550.54.15, NVIDIA H100 80GB HBM3, 9.0\n550.54.15, NVIDIA A100-SXM4-80GB, 8.0\n"
-    driver, gpus = parse_nvidia_smi(text)
-    assert driver == "550.54.15"
-    assert [g.compute_capability for g in gpus] == ["9.0", "8.0"]
+    assert from_labels({}, "debian") is None
+    assert statuses(evaluate(None, HostFacts("550.1", (H100,), TOOLKIT))) == ["fail"]

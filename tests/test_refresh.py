@@ -237,7 +237,7 @@ def test_wheel_filename_and_python_tags():
 
 
 def test_refresher_releases_and_pythons_from_a_file_list():
-    r = refresh.Refresher({"pypi": "https://pypi.example/simple"}, {})
+    r = refresh.Refresher({"pypi": "https://pypi.example/simple"}, refresh.DriverTable({}, {}))
     r._files[("pypi", "torch")] = [
         _f("torch-2.0.1-cp311-cp311-manylinux1_x86_64.whl"),
         _f("torch-2.1.0-cp311-cp311-manylinux1_x86_64.whl"),
@@ -457,7 +457,8 @@ def test_index_html_fallback_and_arch_read_end_to_end(server):
         handler.files[f"/whl/{project}/"] = (f'<a href="/whl/{comp}">{comp}</a>'.encode(), "text/html")
         handler.files[f"/whl/{comp}.metadata"] = (
             f"Name: {project}\nVersion: {version}\nRequires-Dist: torch==2.4.1\n".encode(), "text/plain")
-    r = refresh.Refresher({"cu121": f"{base}/whl"}, {"12.1": "530.30.02"}, Http(retries=0))
+    drivers = refresh.DriverTable({"12.1": "530.30.02"}, {"12": "525.60.13"})
+    r = refresh.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0))
     builds = r.run("2.1")
     assert len(builds) == 1
     b = builds[0]
@@ -465,7 +466,8 @@ def test_index_html_fallback_and_arch_read_end_to_end(server):
     assert (b["torchvision"], b["torchaudio"], b["triton"]) == ("0.19.1", "2.4.1", "3.0.0")
     assert b["archs"] == ["sm_75", "sm_80", "sm_90"]
     assert b["archs_source"] == "torch/lib/libtorch_python.so"
-    assert b["min_driver"] == "530.30.02" and b["cudnn"] == "9.1.0.70"
+    assert b["toolkit_driver"] == "530.30.02" and b["driver_floor"] == "525.60.13"
+    assert b["cudnn"] == "9.1.0.70"
 
 
 # -------------------------------------------------------------- companions

@@ -1,4 +1,8 @@
-"""The image's promise: /etc/pytorch-cuda/manifest.json, read into one frozen object.
+"""The image contract: /etc/pytorch-cuda/manifest.json and the io.pytorch-cuda.* labels, defined once.
+
+The builder writes the manifest and the labels from these definitions (render.py), `verify` reads
+the manifest inside the image, and `build.py --preflight` reads the labels without starting a
+container. Standard library only: this module ships in every image.
 
 Every key may be missing (or null): a check compares only what the manifest states. A host has no
 manifest at all, and then nothing is compared.
@@ -7,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from verify.errors import ManifestError
 
 DEFAULT_PATH = "/etc/pytorch-cuda/manifest.json"
 ENV_VAR = "PYTORCH_CUDA_MANIFEST"
+LABEL_PREFIX = "io.pytorch-cuda."
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,14 @@ class Manifest:
     cublas: Optional[str] = None
     python: Optional[str] = None
     archs: Tuple[str, ...] = ()
-    min_driver: Optional[str] = None
+    driver_floor: Optional[str] = None  # oldest driver of the CUDA major (minor version compatibility)
+    toolkit_driver: Optional[str] = None  # the driver of the CUDA release itself
+    index: Optional[str] = None  # the wheel index the packages came from
     user: Optional[str] = None
     lock_digest: Optional[str] = None  # sha256 of the lock file the image's packages came from
+    # name -> exact version of the packages that make the image's CUDA torch (torch, its companions,
+    # triton, every NVIDIA wheel), from the lock: a later `pip install` that replaces one is caught.
+    packages: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], path: str) -> "Manifest":
@@ -49,6 +59,10 @@ class Manifest:
                 if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
                     raise ManifestError(path, f"'archs' must be a list of strings, got {value!r}")
                 values["archs"] = tuple(value)
+            elif spec.name == "packages":
+                if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+                    raise ManifestError(path, f"'packages' must map names to version strings, got {value!r}")
+                values["packages"] = dict(value)
             elif isinstance(value, str):
                 values[spec.name] = value
             else:
@@ -58,7 +72,54 @@ class Manifest:
     def to_dict(self) -> Dict[str, Any]:
         data = asdict(self)
         data["archs"] = list(self.archs)
+        data["packages"] = dict(self.packages)
         return data
+
+
+# Manifest field -> label. The label values are the manifest's (archs space-separated); an image's
+# labels let --preflight judge it before any container starts. Old images may still carry
+# `io.pytorch-cuda.min-driver`, the toolkit driver under its former name.
+LABELS: Mapping[str, str] = {
+    "torch": LABEL_PREFIX + "torch",
+    "torchvision": LABEL_PREFIX + "torchvision",
+    "torchaudio": LABEL_PREFIX + "torchaudio",
+    "triton": LABEL_PREFIX + "triton",
+    "cuda": LABEL_PREFIX + "cuda",
+    "cuda_runtime": LABEL_PREFIX + "cuda-runtime",
+    "cudnn": LABEL_PREFIX + "cudnn",
+    "nccl": LABEL_PREFIX + "nccl",
+    "cublas": LABEL_PREFIX + "cublas",
+    "python": LABEL_PREFIX + "python",
+    "archs": LABEL_PREFIX + "archs",
+    "driver_floor": LABEL_PREFIX + "driver-floor",
+    "toolkit_driver": LABEL_PREFIX + "toolkit-driver",
+    "index": LABEL_PREFIX + "wheel-index",
+    "lock_digest": LABEL_PREFIX + "lock-digest",
+}
+VARIANT_LABEL = LABEL_PREFIX + "variant"
+_FORMER_LABELS = {"toolkit_driver": LABEL_PREFIX + "min-driver"}
+
+
+def to_labels(manifest: Manifest) -> Dict[str, str]:
+    """The labels an image of this manifest carries ('' for what it does not state)."""
+    data = manifest.to_dict()
+    labels = {}
+    for name, label in LABELS.items():
+        value = data.get(name)
+        labels[label] = " ".join(value) if name == "archs" else (value or "")
+    return labels
+
+
+def from_labels(labels: Mapping[str, str], ref: str) -> Optional[Manifest]:
+    """The manifest an image's labels state, or None when it carries none of ours."""
+    if not labels.get(LABELS["torch"]):
+        return None
+    values: Dict[str, Any] = {}
+    for name, label in LABELS.items():
+        value = labels.get(label) or labels.get(_FORMER_LABELS.get(name, ""), "")
+        if value:
+            values[name] = tuple(value.split()) if name == "archs" else value
+    return Manifest(path=f"labels of {ref}", **values)
 
 
 def resolve_path(flag: Optional[str], environ: Mapping[str, str]) -> Tuple[str, bool]:

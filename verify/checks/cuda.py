@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from verify import archs
+from verify import archs, compat
 from verify.checks._common import compare, gpu_missing_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
@@ -38,11 +38,12 @@ def _check_coverage(found: Findings, devices: List[Dict[str, Any]], arch_list: L
                    f"{', '.join(arch_list) or 'nothing'}")
     for device in devices:
         major, minor = (int(part) for part in device["capability"].split("."))
-        cover = archs.coverage(major, minor, arch_list)
-        device["code"] = cover.describe(device["sm"])
-        if not cover.ok:
-            found.fail(f"no kernel image is available for {device['sm']} ({device['name']}): torch was built for "
-                       f"{', '.join(arch_list) or 'no GPU arch'}; use a tag whose archs include {device['sm']}")
+        device["code"] = archs.coverage(major, minor, arch_list).describe(device["sm"])
+        verdict = compat.arch_verdict(device["name"], (major, minor), arch_list)
+        if verdict.status == compat.FAIL:
+            found.fail(verdict.message)
+        elif verdict.status == compat.WARN:
+            found.warn(verdict.message)
 
 
 def _run_kernels(found: Findings, device: Dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""driver: the NVIDIA driver's version vs the minimum the image's CUDA needs, and what torch sees."""
+"""driver: the NVIDIA driver's version vs what the image's CUDA needs (verify/compat.py), and what torch sees."""
 from __future__ import annotations
 
 import os
@@ -9,8 +9,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from verify import versions
+from verify import compat, versions
 from verify.context import CheckContext
+from verify.manifest import Manifest
 from verify.result import Findings, Outcome
 
 PROC_VERSION = "/proc/driver/nvidia/version"
@@ -47,19 +48,20 @@ def read_driver_version() -> Tuple[Optional[str], Optional[str]]:
     return version, "nvidia-smi"
 
 
-def too_old_message(driver: str, minimum: str, cuda: Optional[str]) -> str:
-    target = f"CUDA {cuda}" if cuda else "this image"
-    return (f"driver {driver} is older than {minimum}, the minimum for {target}: upgrade the NVIDIA driver "
-            "or use a tag built for an older CUDA")
+def judge(driver: str, manifest: Optional[Manifest]) -> Optional[compat.Verdict]:
+    """The driver rule applied to what the manifest states; None when it states no CUDA or driver."""
+    if manifest is None or not manifest.cuda or not (manifest.driver_floor or manifest.toolkit_driver):
+        return None
+    return compat.driver_verdict(driver, manifest.cuda, manifest.driver_floor, manifest.toolkit_driver)
 
 
 def run(ctx: CheckContext) -> Outcome:
     found = Findings()
     manifest = ctx.manifest
-    minimum = manifest.min_driver if manifest else None
     cuda = (manifest.cuda if manifest else None) or torch.version.cuda
     found.figures.update({
-        "min_driver": minimum,
+        "driver_floor": manifest.driver_floor if manifest else None,
+        "toolkit_driver": manifest.toolkit_driver if manifest else None,
         "cuda": cuda,
         "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "NVIDIA_VISIBLE_DEVICES": os.environ.get("NVIDIA_VISIBLE_DEVICES"),
@@ -79,8 +81,12 @@ def run(ctx: CheckContext) -> Outcome:
                           "in Docker, run with --gpus all", found.figures)
     found.key_figure = f"driver {driver}"
 
-    if minimum and not versions.at_least(driver, minimum):
-        found.fail(too_old_message(driver, minimum, cuda))
+    verdict = judge(driver, manifest)
+    found.figures["verdict"] = verdict.status if verdict else None
+    if verdict is not None and verdict.status == compat.FAIL:
+        found.fail(verdict.message)
+    elif verdict is not None and verdict.status == compat.WARN:
+        found.warn(verdict.message)
     if count == 0:
         if torch.version.cuda is None:
             why = f"torch {torch.__version__} is a CPU build"
@@ -92,5 +98,6 @@ def run(ctx: CheckContext) -> Outcome:
             why = "no device is visible (in Docker, run with --gpus all)"
         found.fail(f"driver {driver} is loaded but torch sees no GPU: {why}")
 
-    floor = f" >= {minimum}, the minimum for CUDA {cuda}" if minimum else " (no manifest minimum to compare with)"
-    return found.outcome(f"driver {driver}{floor}; {count} GPU(s) visible to torch")
+    said = verdict.message if verdict is not None and verdict.status == compat.OK else \
+        f"driver {driver} (no manifest requirement to compare with)" if verdict is None else f"driver {driver}"
+    return found.outcome(f"{said}; {count} GPU(s) visible to torch")
