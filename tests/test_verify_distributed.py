@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import pytest
+import torch
 
 from pytorch_cuda import k8s
 from verify import cli, faults, ranks, registry
@@ -189,17 +190,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def torchrun(tmp_path: Path, *args: str, fault: Optional[str] = None,
-             timeout: float = 240) -> Tuple[subprocess.CompletedProcess, Dict[str, Any], float]:
-    """`torchrun --nproc_per_node=2 -m verify --distributed --json PATH ARGS` from the repo root."""
+def torchrun(tmp_path: Path, *args: str, fault: Optional[str] = None, timeout: float = 240, nproc: int = 2,
+             backend: str = "gloo") -> Tuple[subprocess.CompletedProcess, Dict[str, Any], float]:
+    """`torchrun --nproc_per_node=N -m verify --distributed --backend B --json PATH ARGS` from the repo root.
+
+    gloo by default: on a GPU host rank 0 would otherwise choose NCCL, and two ranks on one GPU fail.
+    """
     env = {key: value for key, value in os.environ.items()
            if key not in (*LAUNCH_VARS, faults.ENV_VAR, "PYTORCH_CUDA_MANIFEST")}
     if fault:
         env[faults.ENV_VAR] = fault
     report = tmp_path / "report.json"
     started = time.monotonic()
-    done = subprocess.run([str(TORCHRUN), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "verify",
-                           "--distributed", "--json", str(report), *args],
+    done = subprocess.run([str(TORCHRUN), f"--nproc_per_node={nproc}", f"--master_port={free_port()}", "-m", "verify",
+                           "--distributed", "--backend", backend, "--json", str(report), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     elapsed = time.monotonic() - started
     print(f"torchrun verify ({fault or 'no fault'}): exit {done.returncode} in {elapsed:.1f} s")
@@ -228,6 +232,19 @@ def test_torchrun_two_ranks_pass_with_gloo(tmp_path):
     assert "BUSBW (GB/s)" in done.stdout
     (line,) = [line for line in done.stdout.splitlines() if line.startswith("verify: rank 1 of 2")]
     assert "distributed PASS: rank 0 reports: exact gloo all-reduce" in line and "(exit 0;" in line
+
+
+@pytest.mark.gpu
+def test_torchrun_one_rank_per_gpu_with_nccl(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no GPU visible to torch (torch.cuda.is_available() is False)")
+    gpus = torch.cuda.device_count()
+    done, data, _ = torchrun(tmp_path, "--require-gpu", nproc=gpus, backend="nccl", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    check = distributed_check(data)
+    assert check["status"] in ("pass", "warn"), check
+    assert (check["figures"]["world_size"], check["figures"]["backend"]) == (gpus, "nccl")
+    assert check["figures"]["allreduce_values"] == [gpus * (gpus + 1) / 2] * gpus
 
 
 def test_a_hung_rank_is_named_and_every_process_ends(tmp_path):

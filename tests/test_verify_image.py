@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from .dockerutil import build_py, container
+from .dockerutil import build_py, container, run
 
 pytestmark = pytest.mark.docker
 
@@ -35,16 +35,39 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, docker_client):
         assert checks[name]["status"] == "pass", (name, checks[name])
     for name in ("driver", "cuda"):
         assert checks[name]["status"] == "skip" and checks[name]["reason"], checks[name]
-    # The versions that loaded are the matrix's, even without a GPU.
-    assert json.dumps(checks["cudnn"]).count(spec.build.cudnn.rsplit(".", 1)[0]) >= 1, checks["cudnn"]
-    assert spec.build.nccl in json.dumps(checks["nccl"]), checks["nccl"]
-    assert "not" in table.lower() or "skip" in table.lower()  # says what it could not check
+    # The versions verify read from the loaded libraries (not the manifest's promise) are what torch
+    # itself reports in a separate process, and the matrix's.
+    probe = "import torch; print(torch.backends.cudnn.version(), '.'.join(map(str, torch.cuda.nccl.version()[:3])))"
+    code, out = run(docker_client, spec.tag, ["python", "-c", probe])
+    cudnn_code, nccl = out.strip().splitlines()[-1].split()
+    assert checks["nccl"]["figures"]["version"] == nccl == spec.build.nccl, checks["nccl"]["figures"]
+    major, minor, patch = (int(part) for part in spec.build.cudnn.split(".")[:3])
+    assert int(cudnn_code) == major * 10000 + minor * 100 + patch
+    assert checks["cudnn"]["figures"]["runtime"] == f"{major}.{minor}.{patch}", checks["cudnn"]["figures"]
 
 
 def test_verify_compile_runs_as_the_non_root_user(built, docker_client):
     code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "compile")
     assert code == 0, table
-    assert "pytorch" in json.dumps(_checks(report)["compile"]), _checks(report)["compile"]
+    figures = _checks(report)["compile"]["figures"]  # read from the process (geteuid), not the manifest
+    assert (figures["user"], figures["uid"], figures["root"]) == ("pytorch", 1000, False), figures
+
+
+def test_verify_reports_the_user_it_really_ran_as(built, docker_client):
+    """Under another uid (Kubernetes runAsUser) the figure changes with it: it is measured."""
+    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "compile", user="12345:0")
+    assert code == 0, table
+    figures = _checks(report)["compile"]["figures"]
+    assert (figures["user"], figures["uid"], figures["root"]) == (None, 12345, False), figures
+
+
+def test_a_cudnn_torch_refuses_is_explained(built, docker_client):
+    """torch raises on a cuDNN of another major (e.g. one LD_LIBRARY_PATH brought in): say where to look."""
+    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "cudnn",
+                                         environment={"VERIFY_FAULT": "cudnn:runtime-mismatch"})
+    cudnn = _checks(report)["cudnn"]
+    assert code == 1 and cudnn["status"] == "fail", cudnn
+    assert "cuDNN version incompatibility" in cudnn["reason"] and "LD_LIBRARY_PATH" in cudnn["reason"]
 
 
 def test_tiny_shm_fails_with_the_fix(built, docker_client):

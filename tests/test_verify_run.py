@@ -21,13 +21,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "verify_fixtures"
 EVERY_CHECK = ["environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train", "perf"]
-FULL_RUN_LIMIT_S = 60  # measured on a busy 2-core CPU host: ~11 s, ~23 s with a cold Inductor cache
+# Measured on a busy 2-core CPU host: ~11 s, ~23 s with a cold Inductor cache. A GPU host adds a cold
+# Triton compile and NCCL ranks spawned per GPU (each importing torch): allow minutes there.
+FULL_RUN_LIMIT_S = 300 if torch.cuda.is_available() else 60
 
 
-def run_verify(tmp_path: Path, *args: str, fault: Optional[str] = None,
-               timeout: float = 300) -> Tuple[subprocess.CompletedProcess, Dict[str, Any], float]:
+def run_verify(tmp_path: Path, *args: str, fault: Optional[str] = None, timeout: float = 300,
+               extra_env: Optional[Dict[str, str]] = None) -> Tuple[subprocess.CompletedProcess, Dict[str, Any], float]:
     env = {key: value for key, value in os.environ.items()
            if key not in ("VERIFY_FAULT", "PYTORCH_CUDA_MANIFEST")}
+    env.update(extra_env or {})
     if fault:
         env["VERIFY_FAULT"] = fault
     report = tmp_path / "report.json"
@@ -105,6 +108,10 @@ def test_nccl_check_ran_a_real_gloo_all_reduce_over_two_processes(full_run):
     assert figures["allreduce_values"] == [3.0, 3.0]  # ranks contribute 1 and 2
     assert len(set(figures["rank_pids"])) == 2
     assert figures["busbw_gbps"] > 0  # the timed all-reduce loop ran on every rank, as with NCCL
+    # The bandwidth is the slowest rank's, after a barrier (nccl-tests' way), not rank 0's alone.
+    assert len(figures["rank_seconds"]) == 2
+    assert figures["algbw_gbps"] == pytest.approx(figures["bandwidth_bytes"] / max(figures["rank_seconds"]) / 1e9,
+                                                  abs=0.01)
     assert "NCCL not exercised" in nccl["reason"]
 
 
@@ -197,3 +204,58 @@ def test_require_gpu_fails_gpu_checks_without_a_gpu(tmp_path):
     shown = done.stdout.strip().splitlines()
     assert [line.split()[0] for line in shown[:-1]] == ["driver", "cuda", "cudnn"]  # --quiet: failures only
     assert shown[-1].startswith("verify: ")
+
+
+def test_changed_cuda_torch_packages_fail_naming_both_versions(tmp_path):
+    """The manifest lists the image's CUDA torch packages as locked; a later pip install is caught."""
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"tag": "host-test", "torch": torch.__version__,
+                                    "packages": {"torch": torch.__version__, "jinja2": "0.0.1",
+                                                 "nvidia-no-such-wheel": "1.0"}}))
+    done, data, _ = run_verify(tmp_path, "--only", "environment", "--manifest", str(manifest))
+    environment = checks(data)["environment"]
+    assert done.returncode == 1 and environment["status"] == "fail"
+    import jinja2
+    assert f"jinja2 is {jinja2.__version__}, the image was built with 0.0.1" in environment["reason"]
+    assert "nvidia-no-such-wheel 1.0 is no longer installed" in environment["reason"]
+    assert "pip install --no-deps jinja2==0.0.1 nvidia-no-such-wheel==1.0" in environment["reason"]
+    assert "torch" not in " ".join(environment["figures"]["packages_changed"])
+
+
+def _fake_libcuda(tmp_path: Path, answer: int) -> Path:
+    """A stand-in CUDA driver library whose cuDeviceGetCount answers `answer` (3: not initialised)."""
+    source = tmp_path / f"libcuda{answer}.c"
+    source.write_text(f"int cuDeviceGetCount(int *count) {{ *count = 1; return {answer}; }}\n")
+    library = tmp_path / f"libcuda{answer}.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    return library
+
+
+@pytest.mark.parametrize("answer, mode", [(3, "fork"), (0, "exec")])
+def test_checks_run_in_fresh_interpreters_when_importing_torch_initialised_cuda(tmp_path, answer, mode):
+    """torch 2.2/2.3 may call cuInit while importing torch._dynamo; forked checks could not use CUDA then."""
+    library = _fake_libcuda(tmp_path, answer)
+    done, data, _ = run_verify(tmp_path, "--only", "autograd,train", extra_env={"VERIFY_LIBCUDA": str(library)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    runner = data["fingerprint"]["runner"]
+    assert runner["check_processes"] == mode
+    assert all(check["status"] == "pass" for check in data["checks"])
+    if mode == "exec":
+        assert "initialised the CUDA driver" in runner["why"] and "fresh interpreter" in done.stderr
+    else:
+        assert runner["why"] == ""
+
+
+def test_exclusive_process_compute_mode_runs_checks_one_by_one(tmp_path):
+    """On GPUs in Exclusive_Process mode two checks side by side would fail 'busy or unavailable'."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stand_in = bin_dir / "nvidia-smi"
+    stand_in.write_text("#!/bin/sh\necho '550.54.15, NVIDIA H100 80GB HBM3, 9.0, Exclusive_Process'\n")
+    stand_in.chmod(0o755)
+    done, data, _ = run_verify(tmp_path, "--only", "autograd,shm",
+                               extra_env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    runner = data["fingerprint"]["runner"]
+    assert runner["parallel"] == 1 and "Exclusive_Process" in runner["serial_reason"]
+    assert "one by one" in done.stderr

@@ -81,14 +81,6 @@ def test_parse_driver_version(text, version):
     assert versions.parse_driver_version(text) == version
 
 
-def test_driver_too_old_message_names_both_versions_and_the_fix():
-    from verify.checks.driver import too_old_message
-
-    message = too_old_message("525.60.13", "530.30.02", "12.1")
-    assert message == ("driver 525.60.13 is older than 530.30.02, the minimum for CUDA 12.1: upgrade the NVIDIA "
-                       "driver or use a tag built for an older CUDA")
-
-
 # --- arch coverage ----------------------------------------------------------------------------
 
 WHEEL_ARCHS = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
@@ -221,25 +213,48 @@ def test_matmul_tflops():
     assert perfmath.matmul_tflops(8192, 2 * 8192**3 / 500e12) == pytest.approx(500.0)
 
 
-@pytest.mark.parametrize("name, label", [
-    ("NVIDIA H100 80GB HBM3", "H100 SXM"),
-    ("NVIDIA H100 PCIe", "H100 PCIe"),
-    ("NVIDIA H200", "H200 SXM"),
-    ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB"),
-    ("NVIDIA A100-SXM4-40GB", "A100 40GB"),
-    ("NVIDIA A10", "A10"),
-    ("NVIDIA A10G", None),
-    ("NVIDIA L4", "L4"),
-    ("NVIDIA L40S", "L40S"),
-    ("Tesla T4", "T4"),
-    ("NVIDIA GeForce RTX 4090", "RTX 4090"),
-    ("Tesla V100-SXM2-16GB", "V100"),
-    ("NVIDIA H100 NVL", None),
-    ("NVIDIA GeForce GTX 1080", None),
+# Names as nvidia-smi / torch report them; expected entries and figures from NVIDIA's datasheets.
+@pytest.mark.parametrize("name, label, bf16, memory", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.4, 3350.0),
+    ("NVIDIA H100 PCIe", "H100 PCIe", 756.5, 2000.0),
+    ("NVIDIA H100 NVL", "H100 NVL", 835.5, 3900.0),
+    ("NVIDIA H200", "H200 SXM", 989.5, 4800.0),
+    ("NVIDIA H200 NVL", "H200 NVL", 835.5, 4800.0),
+    ("NVIDIA GH200 480GB", "GH200 96GB HBM3", 990.0, 4000.0),  # not the H200's 4.8 TB/s
+    ("NVIDIA GH200 144G HBM3e", "GH200 144GB HBM3e", 990.0, 4900.0),
+    ("NVIDIA B200", "B200", 2250.0, 7700.0),
+    ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB", 312.0, 2039.0),
+    ("NVIDIA A100 80GB PCIe", "A100 PCIe 80GB", 312.0, 1935.0),
+    ("NVIDIA A100-SXM4-40GB", "A100 40GB", 312.0, 1555.0),
+    ("A100-SXM4-40GB", "A100 40GB", 312.0, 1555.0),  # drivers before the "NVIDIA " prefix
+    ("NVIDIA A10", "A10", 125.0, 600.0),
+    ("NVIDIA L4", "L4", 121.0, 300.0),
+    ("NVIDIA L40S", "L40S", 362.05, 864.0),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090", 165.2, 1008.0),
+    ("NVIDIA GeForce RTX 5090", "RTX 5090", 209.5, 1792.0),
+    ("NVIDIA GeForce RTX 3090", "RTX 3090", 71.0, 936.0),
+    ("Tesla V100-SXM2-16GB", "V100 SXM2", None, 900.0),
+    ("Tesla V100-PCIE-32GB", "V100 PCIe", None, 900.0),
+    ("Tesla V100S-PCIE-32GB", "V100S PCIe", None, 1134.0),
+    ("Tesla T4", "T4", None, 320.0),
+    # No percentage: a MIG slice has part of the GPU; no published figures for these parts.
+    ("NVIDIA A100-SXM4-40GB MIG 1g.5gb", None, None, None),
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None, None, None),
+    ("NVIDIA GeForce RTX 4090 Laptop GPU", None, None, None),
+    ("NVIDIA A10G", None, None, None),
+    ("NVIDIA GeForce GTX 1080", None, None, None),
 ])
-def test_peak_lookup(name, label):
+def test_peak_lookup(name, label, bf16, memory):
     peak = perfmath.lookup_peak(name)
     assert (peak.label if peak else None) == label
+    if peak:
+        assert (peak.bf16_tflops, peak.memory_gbps) == (bf16, memory)
+        assert peak.source
+
+
+def test_a_power_limited_t4_is_not_warned_about():
+    assert perfmath.lookup_peak("Tesla T4").warn_when_slow is False
+    assert perfmath.lookup_peak("NVIDIA H100 80GB HBM3").warn_when_slow is True
 
 
 def test_percent_of_peak():
@@ -360,8 +375,8 @@ def test_cuda_check_refuses_a_device_without_code_before_any_kernel():
     _check_coverage(found, [b200], WHEEL_ARCHS, WHEEL_ARCHS)
     outcome = found.outcome("")
     assert outcome.status is Status.FAIL
-    assert outcome.reason.startswith("no kernel image is available for sm_100 (NVIDIA B200): torch was built for sm_50")
-    assert "use a tag whose archs include sm_100" in outcome.reason
+    assert outcome.reason.startswith("GPU NVIDIA B200 (sm_100) is not covered by the compiled architectures (sm_50")
+    assert "no kernel image is available" in outcome.reason and "use a tag whose archs include sm_100" in outcome.reason
 
     l4 = {"index": 0, "name": "NVIDIA L4", "capability": "8.9", "sm": "sm_89"}
     found = Findings()
@@ -371,3 +386,40 @@ def test_cuda_check_refuses_a_device_without_code_before_any_kernel():
     found = Findings()
     _check_coverage(found, [l4], WHEEL_ARCHS[:-1], WHEEL_ARCHS)  # the image promised sm_90, torch lacks it
     assert found.outcome("").reason.startswith("the manifest promises sm_90 but torch was built for")
+
+
+@pytest.mark.parametrize("missing, capability, device, warned", [
+    ("no GPU: a CPU build", None, "cpu", False),
+    (None, (6, 1), "cpu", True),  # GTX 1080: Triton needs 7.0; eager works, compile would fail
+    (None, (7, 0), "cuda", False),
+    (None, (9, 0), "cuda", False),
+])
+def test_compile_falls_back_to_the_cpu_below_triton_s_minimum(missing, capability, device, warned):
+    from verify.checks.compile import choose_device
+
+    chosen, why = choose_device(missing, capability)
+    assert chosen == device and bool(why) is warned
+    if warned:
+        assert "sm_61" in why and "7.0" in why
+
+
+@pytest.mark.parametrize("local_rank, visible, index", [(0, 8, 0), (3, 8, 3), (3, 1, 0), (0, 1, 0)])
+def test_each_rank_finds_its_gpu_also_when_the_launcher_gave_it_one(local_rank, visible, index):
+    from verify.checks.distributed import gpu_for_rank
+
+    assert gpu_for_rank(local_rank, visible) == index
+
+
+def test_more_ranks_than_gpus_is_named():
+    from verify.checks.distributed import gpu_for_rank
+
+    with pytest.raises(RuntimeError, match="LOCAL_RANK 3 but 2 GPU"):
+        gpu_for_rank(3, 2)
+
+
+def test_both_blocking_wait_names_are_set_for_torch_2_1_and_later():
+    from verify.checks.distributed import blocking_wait_variables
+
+    environ = {"NCCL_BLOCKING_WAIT": "0"}
+    blocking_wait_variables(environ)
+    assert environ == {"NCCL_BLOCKING_WAIT": "0", "TORCH_NCCL_BLOCKING_WAIT": "1"}  # the user's choice stays

@@ -5,11 +5,19 @@ process pays it once (with the modules named on its command line) and forks: eac
 its own process (own address space, own process group, killable on timeout), started from a state
 where torch is imported but CUDA is not initialised, so the child may still use CUDA.
 
+That last condition is checked, not assumed: some torch releases initialise the CUDA driver while
+importing (2.2/2.3's torch._dynamo counts devices at import, which falls back to cuInit when NVML
+cannot load or CUDA_VISIBLE_DEVICES holds MIG UUIDs), and a child forked after cuInit gets
+"initialization error" from every CUDA call: its GPU checks would skip or run on the CPU without
+saying why. So after the preload we ask the driver itself (cuDeviceGetCount answers
+CUDA_ERROR_NOT_INITIALIZED until someone called cuInit); if it was initialised, each check is
+started as a fresh interpreter (fork, then exec) instead: slower, but right.
+
 Protocol, one JSON object a line. The parent writes requests to our stdin:
   {"id": 1, "name": "cuda", "result": PATH, "log": PATH, "manifest": {...}, "require_gpu": false,
    "timeout_s": 120.0, "backend": null}
 We answer on our stdout (kept for this channel alone; stray prints go to stderr):
-  {"ready": true, "torch": "2.4.1", "error": null}      once, after the import
+  {"ready": true, "torch": "2.4.1", "error": null, "mode": "fork", "why": ""}   once, after the import
   {"started": 1, "pid": 4242}                             after each fork
   {"exited": 1, "pid": 4242, "code": 0}                   code < 0: killed by that signal
 Stdin closing means the parent is gone: we kill what we started and exit. So does SIGTERM, which
@@ -27,22 +35,40 @@ import select
 import signal
 import sys
 import traceback
-from typing import Any, Dict, List, TextIO
+from typing import Any, Dict, List, Optional, TextIO
+
+
+CUDA_ERROR_NOT_INITIALIZED = 3
+LIBCUDA_ENV = "VERIFY_LIBCUDA"  # which CUDA driver library to ask (default: the system's libcuda.so.1)
+
+
+def cuda_driver_initialised() -> Optional[bool]:
+    """Whether the CUDA driver was initialised (cuInit) in this process; None when there is no driver."""
+    try:
+        libcuda = ctypes.CDLL(os.environ.get(LIBCUDA_ENV) or "libcuda.so.1")
+        count = ctypes.c_int(0)
+        return int(libcuda.cuDeviceGetCount(ctypes.byref(count))) != CUDA_ERROR_NOT_INITIALIZED
+    except (OSError, AttributeError):
+        return None
 
 
 def _preload(modules: List[str]) -> Dict[str, Any]:
-    """Import torch, and what the requested checks would each import again. None starts a thread,
-    so forking afterwards is safe."""
+    """Import torch, and what the requested checks would each import again. None starts a thread;
+    whether one initialised CUDA decides how checks start (see the module docstring)."""
     try:
         import torch
     except BaseException as err:  # a broken install: every check will report it in detail
-        return {"torch": None, "error": f"{type(err).__name__}: {err}"}
+        return {"torch": None, "error": f"{type(err).__name__}: {err}", "mode": "fork", "why": ""}
     for module in modules:
         try:
             importlib.import_module(module)
         except Exception:
             pass  # the check that needs it imports it again and reports the error
-    return {"torch": torch.__version__, "error": None}
+    if cuda_driver_initialised():
+        why = (f"importing torch {torch.__version__}{' and ' + ', '.join(modules) if modules else ''} initialised "
+               "the CUDA driver, so a forked check could not use the GPU: each check runs in a fresh interpreter")
+        return {"torch": torch.__version__, "error": None, "mode": "exec", "why": why}
+    return {"torch": torch.__version__, "error": None, "mode": "fork", "why": ""}
 
 
 def _send(channel: TextIO, message: Dict[str, Any]) -> None:
@@ -63,8 +89,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(70)
 
 
-def _child(request: Dict[str, Any], channel_fd: int, parent: int) -> None:
-    """In the forked process: never returns."""
+def _child(request: Dict[str, Any], channel_fd: int, parent: int, fresh: bool) -> None:
+    """In the forked process: never returns. `fresh`: exec a new interpreter for the check."""
     code = 70
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -77,6 +103,8 @@ def _child(request: Dict[str, Any], channel_fd: int, parent: int) -> None:
         os.dup2(out, 1)
         os.dup2(out, 2)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if fresh:  # PR_SET_PDEATHSIG, the process group and the log survive exec
+            os.execv(sys.executable, [sys.executable, "-m", "verify.child", json.dumps(request)])
         faulthandler.enable()  # a segfault in a library leaves a Python stack in the log
         from verify import child
 
@@ -106,7 +134,9 @@ def serve() -> None:
     channel_fd = os.dup(1)
     channel = os.fdopen(channel_fd, "w")
     os.dup2(2, 1)  # anything printed by accident goes to the log, not the protocol
-    _send(channel, {"ready": True, **_preload(sys.argv[1:])})
+    ready = _preload(sys.argv[1:])
+    fresh = ready["mode"] == "exec"
+    _send(channel, {"ready": True, **ready})
     pending = b""
     stdin_open = True
     while stdin_open or running:
@@ -129,7 +159,7 @@ def serve() -> None:
                 parent = os.getpid()
                 pid = os.fork()
                 if pid == 0:
-                    _child(request, channel_fd, parent)
+                    _child(request, channel_fd, parent, fresh)
                 try:
                     os.setpgid(pid, pid)  # also here, so the group exists before anyone kills it
                 except OSError:

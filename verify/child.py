@@ -1,10 +1,12 @@
 """Inside a check's own process: run the check and write its result where the parent reads it."""
 from __future__ import annotations
 
+import faulthandler
 import importlib
 import json
 import logging
 import os
+import sys
 import time
 import traceback
 from typing import Any, Dict
@@ -69,3 +71,9 @@ def write_result(result: CheckResult, path: str) -> None:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else "(no message)"
+
+
+if __name__ == "__main__":  # a fresh interpreter per check (see _zygote): the request is argv[1]
+    faulthandler.enable()
+    _request = json.loads(sys.argv[1])
+    write_result(run_check(_request), _request["result"])

@@ -117,6 +117,7 @@ def _fingerprint(probe: CheckResult, manifest: Optional[Manifest], started: date
     }
     if probe.status is not Status.PASS:
         fingerprint["error"] = probe.reason
+    fingerprint["runner"] = probe.figures.get("runner")
     return fingerprint
 
 
@@ -190,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         for line in _distributed_bandwidth(checks):
             print(line, flush=True)
+        for note in (fingerprint["runner"] or {}).get("serial_reason"), (fingerprint["runner"] or {}).get("why"):
+            if note:
+                print(f"verify: note: {note}", file=sys.stderr, flush=True)
     print(report.summary(), flush=True)
 
     if json_path == "-":

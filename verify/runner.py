@@ -17,8 +17,9 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from verify import nvsmi
 from verify.errors import RunnerError
 from verify.manifest import Manifest
 from verify.registry import CheckSpec
@@ -114,12 +115,27 @@ class _Zygote:
             self.proc.wait()
 
 
+def how_checks_run(parallel: int, smi: nvsmi.SmiReport) -> Tuple[int, str]:
+    """(checks at once, why fewer): a GPU in Exclusive_Process compute mode takes one CUDA context at a
+    time, so two checks side by side would fail "busy or unavailable"; there they run one by one."""
+    if nvsmi.exclusive_process(smi):
+        return 1, "a GPU is in Exclusive_Process compute mode (one CUDA context at a time): checks run one by one"
+    return parallel, ""
+
+
 def run(specs: Sequence[CheckSpec], options: RunOptions,
         on_result: Optional[Callable[[CheckResult], None]] = None) -> List[CheckResult]:
-    """Run `specs` and return their results in the order given; `on_result` sees each as it ends."""
+    """Run `specs` and return their results in the order given; `on_result` sees each as it ends.
+
+    A "fingerprint" result, when asked for, also carries how the checks were run (figures["runner"]).
+    """
     results: Dict[str, CheckResult] = {}
+    parallel, serial_reason = how_checks_run(options.parallel, nvsmi.query())
+    runner_facts: Dict[str, Any] = {"parallel": parallel, "serial_reason": serial_reason}
 
     def finish(result: CheckResult) -> None:
+        if result.name == "fingerprint":
+            result.figures["runner"] = runner_facts
         results[result.name] = result
         if on_result:
             on_result(result)
@@ -132,7 +148,8 @@ def run(specs: Sequence[CheckSpec], options: RunOptions,
         ready = zygote.wait_ready(STARTUP_TIMEOUT_S)
         if ready.get("error"):
             log.info("torch did not import in the runner: %s", ready["error"])
-        _schedule(zygote, specs, options, workdir, running, finish)
+        runner_facts.update({"check_processes": ready.get("mode", "fork"), "why": ready.get("why", "")})
+        _schedule(zygote, specs, options, parallel, workdir, running, finish)
     except RunnerError as err:
         for job in running.values():
             _kill(job)
@@ -148,7 +165,7 @@ def run(specs: Sequence[CheckSpec], options: RunOptions,
     return [results[spec.name] for spec in specs]
 
 
-def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, workdir: str,
+def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, parallel: int, workdir: str,
               running: Dict[int, _Job], finish: Callable[[CheckResult], None]) -> None:
     # Gang checks first (every rank of a distributed run starts them together, so none waits for a
     # neighbour's other checks); then slow checks so the quick ones run beside them; exclusive ones
@@ -156,7 +173,7 @@ def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, 
     queue = sorted(specs, key=lambda spec: (not spec.gang, spec.exclusive, not spec.slow))
     next_ident = 1
     while queue or running:
-        while queue and _may_start(queue[0], running, options.parallel):
+        while queue and _may_start(queue[0], running, parallel):
             spec = queue.pop(0)
             job = _Job(next_ident, spec, options.timeout_for(spec),
                        os.path.join(workdir, f"{spec.name}.json"), os.path.join(workdir, f"{spec.name}.log"),

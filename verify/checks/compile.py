@@ -11,10 +11,11 @@ import pwd
 import shutil
 import sysconfig
 import time
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from verify import compat
 from verify.checks._common import compare, gpu_missing_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
@@ -68,14 +69,30 @@ class _Small(torch.nn.Module):
         return self.last(self.norm(torch.nn.functional.gelu(self.first(x))))
 
 
+def choose_device(gpu_missing: Optional[str], capability: Optional[Tuple[int, int]]) -> Tuple[str, str]:
+    """(device to compile for, why not the GPU): Triton, Inductor's GPU back end, needs 7.0 or newer."""
+    if gpu_missing:
+        return "cpu", ""
+    if capability is not None and not compat.triton_supported(capability):
+        sm = f"sm_{capability[0]}{capability[1]}"
+        return "cpu", (f"GPU 0 is {sm}, older than Triton supports (compute capability 7.0): torch.compile fails on "
+                       "this GPU ('too old to be supported by the triton GPU compiler') while eager mode works; "
+                       "compiled for the CPU instead (use torch.compile(backend='eager' or 'aot_eager') on this GPU)")
+    return "cuda", ""
+
+
 def run(ctx: CheckContext) -> Outcome:
     found = Findings()
-    device = "cpu" if gpu_missing_reason() else "cuda"
+    missing = gpu_missing_reason()
+    device, not_gpu = choose_device(missing, None if missing else torch.cuda.get_device_capability(0))
+    if not_gpu:
+        found.warn(not_gpu)
     user = _user()
     problems = missing_toolchain(device)
     found.figures.update(user)
     found.figures.update({"device": device, "backend": "inductor", "toolchain_problems": problems,
                           "image_user": ctx.manifest.user if ctx.manifest else None,
+                          "gpu_too_old_for_triton": bool(not_gpu),
                           "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")})
     who = user["user"] or f"uid {user['uid']}"
     found.key_figure = f"inductor/{'triton' if device == 'cuda' else 'c++'} as {who}"

@@ -6,10 +6,12 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from verify import versions
+from verify import compat, versions
 from verify.checks._common import compare, gpu_missing_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
+
+FAULTS = ("runtime-mismatch",)
 
 # Tolerances relative to each output's largest magnitude, against a float64 CPU reference.
 # fp32: cuDNN may pick Winograd/FFT algorithms whose rounding differs (~1e-6..1e-5): 1e-4.
@@ -24,8 +26,27 @@ def _version_tuple(getter: str) -> Optional[Tuple[int, int, int]]:
     return tuple(function()) if function else None  # type: ignore[return-value]
 
 
+def _pretend_another_runtime() -> None:
+    """Fault: torch's own cuDNN check sees a runtime of another major, as when LD_LIBRARY_PATH
+    brings a system cuDNN in front of the wheel's (torch then raises before reporting a version)."""
+    cudnn_module = torch._C._cudnn
+    compiled = tuple(cudnn_module.getCompileVersion())
+    cudnn_module.getRuntimeVersion = lambda: (compiled[0] - 1, compiled[1], compiled[2])
+
+
 def _check_versions(found: Findings, ctx: CheckContext) -> Optional[str]:
-    runtime_code = torch.backends.cudnn.version()
+    if ctx.fault == "runtime-mismatch":
+        _pretend_another_runtime()
+    try:
+        runtime_code = torch.backends.cudnn.version()
+    except RuntimeError as err:
+        # torch refuses a cuDNN whose major/minor differs from the one it was built with, before we
+        # can compare: say what it found and where to look.
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        found.figures["error"] = lines[0] if lines else type(err).__name__
+        found.fail(f"torch refuses the cuDNN it loaded ({found.figures['error']}): another cuDNN is being "
+                   "picked up; check LD_LIBRARY_PATH and /etc/ld.so.conf.d for one outside the image's wheels")
+        return None
     runtime = versions.cudnn_version_string(runtime_code)
     compiled = _version_tuple("getCompileVersion")
     found.figures.update({"runtime": runtime, "compiled": ".".join(map(str, compiled)) if compiled else None,
@@ -82,6 +103,8 @@ def run(ctx: CheckContext) -> Outcome:
     found = Findings()
     runtime = _check_versions(found, ctx)
     found.key_figure = f"cuDNN {runtime}" if runtime else "cuDNN ?"
+    if runtime is None:  # no usable cuDNN: conv2d would only fail the same way
+        return found.outcome("")
     missing = gpu_missing_reason()
     if missing:
         if found.failed:
@@ -91,7 +114,9 @@ def run(ctx: CheckContext) -> Outcome:
 
     device = torch.device("cuda", 0)
     cases = [("fp32", None), ("autocast fp16", torch.float16)]
-    if torch.cuda.is_bf16_supported():
+    # torch sends bf16 convolutions to cuDNN only on GPUs with native bf16 (8.0+); below that
+    # is_bf16_supported() may still say True (emulation) and the case would not test cuDNN at all.
+    if compat.native_bf16(torch.cuda.get_device_capability(device)):
         cases.append(("autocast bf16", torch.bfloat16))
     previous = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False

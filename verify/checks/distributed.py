@@ -8,7 +8,7 @@ or never came, computes nccl-tests' bus bandwidth, and posts a verdict that ever
 
 Results travel through the store, not through collectives: a collective cannot complete once a rank
 is gone, but a store key that never appears is simply a rank to name. Every collective has a
-timeout (gloo raises; NCCL raises too, with TORCH_NCCL_BLOCKING_WAIT set here), and all waits end
+timeout (gloo raises; NCCL raises too, with TORCH_NCCL_BLOCKING_WAIT and torch 2.1's NCCL_BLOCKING_WAIT set here), and all waits end
 before the runner's own timeout for this check, so a dead rank becomes a failure, never a hang.
 """
 from __future__ import annotations
@@ -19,12 +19,13 @@ import re
 import socket
 import time
 from datetime import timedelta
-from typing import Any, Dict, Optional
+from typing import Any, Dict, MutableMapping, Optional
 
 import torch
 import torch.distributed as dist
 
 from verify import faults, ranks
+from verify.checks._collective import allreduce_seconds, synchronize
 from verify.checks._common import gpu_missing_reason
 from verify.context import CheckContext
 from verify.result import Outcome, Status
@@ -73,11 +74,6 @@ def _choose_backend(store: "dist.Store", launch: ranks.Launch, forced: Optional[
     return store.get("backend").decode()
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _compute_seconds(device: torch.device, slow: bool) -> float:
     """The same matmuls on every rank: a rank much slower than the others is a straggler."""
     n = COMPUTE_N[device.type]
@@ -86,38 +82,33 @@ def _compute_seconds(device: torch.device, slow: bool) -> float:
     a @ b  # warm-up: kernel selection and allocation are not what is compared
     best = float("inf")
     for _ in range(COMPUTE_REPEATS):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         for _ in range(COMPUTE_ITERATIONS):
             a @ b
         if slow:
             time.sleep(SLOW_FAULT_S)
-        _synchronize(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return round(best, 6)
 
 
-def _allreduce_seconds(device: torch.device, size: int, iterations: int, barrier: Dict[str, Any]) -> float:
-    """Seconds per all-reduce of `size` bytes on this rank, after a warm-up and a barrier.
+def gpu_for_rank(local_rank: int, visible: int) -> int:
+    """The GPU a rank uses: its LOCAL_RANK, or the only one it sees when the launcher gave each rank
+    its own GPU (`srun --gpus-per-task=1`, a per-rank CUDA_VISIBLE_DEVICES)."""
+    if visible == 1:
+        return 0
+    if local_rank >= visible:
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but {visible} GPU(s) visible: more processes per node than "
+                           "GPUs (--nproc-per-node)?")
+    return local_rank
 
-    NCCL ops are queued asynchronously and waited for together, as nccl-tests does; gloo runs them
-    one by one (its worker threads would otherwise reduce the same buffer concurrently).
-    """
-    buffer = torch.zeros(size // 4, dtype=torch.float32, device=device)
-    for _ in range(WARMUP):
-        dist.all_reduce(buffer)
-    _synchronize(device)
-    dist.barrier(**barrier)
-    started = time.perf_counter()
-    if device.type == "cuda":
-        works = [dist.all_reduce(buffer, async_op=True) for _ in range(iterations)]
-        for work in works:
-            work.wait()
-    else:
-        for _ in range(iterations):
-            dist.all_reduce(buffer)
-    _synchronize(device)
-    return (time.perf_counter() - started) / iterations
+
+def blocking_wait_variables(environ: MutableMapping[str, str]) -> None:
+    """Make a timed-out NCCL collective raise instead of aborting the process: torch >= 2.2 reads
+    TORCH_NCCL_BLOCKING_WAIT, torch 2.1 only NCCL_BLOCKING_WAIT, so both are set (unless the user did)."""
+    for name in ("TORCH_NCCL_BLOCKING_WAIT", "NCCL_BLOCKING_WAIT"):
+        environ.setdefault(name, "1")
 
 
 def _work(launch: ranks.Launch, store: "dist.Store", backend: str, missing: Optional[str], fault: Optional[str],
@@ -132,14 +123,11 @@ def _work(launch: ranks.Launch, store: "dist.Store", backend: str, missing: Opti
         if backend == "nccl":
             if missing:
                 raise RuntimeError(f"rank 0 chose nccl but this rank cannot use a GPU ({missing})")
-            count = torch.cuda.device_count()
-            if launch.local_rank >= count:
-                raise RuntimeError(f"LOCAL_RANK {launch.local_rank} but {count} GPU(s) visible: more processes "
-                                   f"per node than GPUs (--nproc-per-node)?")
-            device = torch.device("cuda", launch.local_rank)
+            index = gpu_for_rank(launch.local_rank, torch.cuda.device_count())
+            device = torch.device("cuda", index)
             torch.cuda.set_device(device)
-            record["device"] = f"cuda:{launch.local_rank} ({torch.cuda.get_device_name(device)})"
-            barrier = {"device_ids": [launch.local_rank]}
+            record["device"] = f"cuda:{index} ({torch.cuda.get_device_name(device)})"
+            barrier = {"device_ids": [index]}
         dist.init_process_group(backend, store=dist.PrefixStore("group", store), rank=launch.rank,
                                 world_size=launch.world_size, timeout=collective_timeout)
 
@@ -160,7 +148,8 @@ def _work(launch: ranks.Launch, store: "dist.Store", backend: str, missing: Opti
         if launch.world_size > 1:
             sizes = NCCL_SIZES if backend == "nccl" else GLOO_SIZES
             iterations = NCCL_ITERATIONS if backend == "nccl" else GLOO_ITERATIONS
-            record["times_s"] = {str(size): _allreduce_seconds(device, size, iterations, barrier) for size in sizes}
+            record["times_s"] = {str(size): allreduce_seconds(device, size, iterations, WARMUP, barrier)
+                                 for size in sizes}
         dist.barrier(**barrier)
         # No destroy_process_group(): it has no timeout, and gloo's (torch 2.4) hung on a busy host
         # after the other rank had left. This process ends with os._exit (see _zygote), group and all.
@@ -204,7 +193,7 @@ def run(ctx: CheckContext) -> Outcome:
     budget = ctx.timeout_s
     collective_timeout = timedelta(seconds=max(COLLECTIVE_SHARE * budget, 1.0))
     if ctx.backend == "nccl" or (ctx.backend is None and torch.cuda.is_available()):
-        os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")  # a timed-out collective raises, not aborts
+        blocking_wait_variables(os.environ)
     missing = gpu_missing_reason()
     if ctx.backend and not dist.is_backend_available(ctx.backend):
         return Outcome(Status.FAIL, f"torch.distributed has no {ctx.backend} backend in this build", {}, ctx.backend)

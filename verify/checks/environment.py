@@ -5,6 +5,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import sys
 from typing import Dict, List, Optional, Tuple
 
@@ -29,6 +30,7 @@ _COMPARED = (
     ("cublas", "the cuBLAS wheel"),
 )
 _CUDA_ONLY = {"triton", "cuda", "cudnn", "nccl", "cuda_runtime", "cublas"}
+_RELEASE = re.compile(r"^\d+(\.\d+)*$")
 # Read from pip metadata, which is missing when torch uses a system CUDA: warn, do not fail.
 _FROM_WHEELS = {"cuda_runtime", "cublas"}
 
@@ -62,8 +64,14 @@ def _initialise() -> None:
         torch.nn.functional.conv2d(a.view(1, 1, 8, 8), torch.ones(1, 1, 3, 3, device="cuda")).sum().item()
 
 
+def _cuda_wheel_version(component: str, cuda_major: Optional[str]) -> Optional[str]:
+    """A CUDA library wheel's version: CUDA 12 names it `<component>-cu12`, CUDA 13 `<component>`."""
+    if not cuda_major:
+        return None
+    return _distribution_version(f"{component}-cu{cuda_major}", component)
+
+
 def _actual_versions(cuda_major: Optional[str], cudnn: Optional[str]) -> Dict[str, Optional[str]]:
-    suffix = f"-cu{cuda_major}" if cuda_major else ""
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -73,8 +81,8 @@ def _actual_versions(cuda_major: Optional[str], cudnn: Optional[str]) -> Dict[st
         "cuda": torch.version.cuda,
         "cudnn": cudnn,
         "nccl": nccl_version(),
-        "cuda_runtime": _distribution_version(f"nvidia-cuda-runtime{suffix}") if suffix else None,
-        "cublas": _distribution_version(f"nvidia-cublas{suffix}") if suffix else None,
+        "cuda_runtime": _cuda_wheel_version("nvidia-cuda-runtime", cuda_major),
+        "cublas": _cuda_wheel_version("nvidia-cublas", cuda_major),
     }
 
 
@@ -133,6 +141,8 @@ def run(ctx: CheckContext) -> Outcome:
             if not versions.same_release(expected, have):
                 found.fail(f"{label} is {have} but the manifest promises {expected}")
     found.figures["compared"] = compared
+    if manifest is not None and manifest.packages:
+        _check_packages(found, manifest.packages)
     if cpu_build:
         found.figures["not_applicable"] = "CPU build of torch: CUDA, cuDNN and NCCL versions do not apply"
 
@@ -142,7 +152,45 @@ def run(ctx: CheckContext) -> Outcome:
     tag = f" ({manifest.tag})" if manifest.tag else ""
     if not compared:
         return found.outcome(f"the manifest{tag} states no versions to compare")
-    return found.outcome(f"{len(compared)} versions match the manifest{tag}: {', '.join(compared)}")
+    locked = f"; {len(manifest.packages)} CUDA torch packages as locked" if manifest.packages else ""
+    return found.outcome(f"{len(compared)} versions match the manifest{tag}: {', '.join(compared)}{locked}")
+
+
+def same_package_version(locked: str, installed: str) -> bool:
+    """'13.0.3' and '13.0.3.0' are one release (PEP 440 pads with zeros); a local label must match."""
+    if locked == installed:
+        return True
+    (want, want_local), (have, have_local) = (v.partition("+")[::2] for v in (locked, installed))
+    if not (_RELEASE.match(want) and _RELEASE.match(have)):  # pre-releases and the like: exactly
+        return False
+    left, right = versions.parse_version(want), versions.parse_version(have)
+    width = max(len(left), len(right))
+    return left + (0,) * (width - len(left)) == right + (0,) * (width - len(right)) and want_local == have_local
+
+
+def _check_packages(found: Findings, locked: Dict[str, str]) -> None:
+    """Every package of the image's CUDA torch must still be the one the image was built and verified with."""
+    installed = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-").replace(".", "-")
+        if name:
+            installed[name] = dist.version
+    changed, restore = [], []
+    for name, version in sorted(locked.items()):
+        have = installed.get(name)
+        if have is None:
+            changed.append(f"{name} {version} is no longer installed")
+        elif not same_package_version(version, have):
+            changed.append(f"{name} is {have}, the image was built with {version}")
+        else:
+            continue
+        restore.append(f"{name}=={version}")
+    found.figures["packages_checked"] = len(locked)
+    found.figures["packages_changed"] = changed
+    if changed:
+        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+        found.fail(f"the packages of the image's CUDA torch changed after the build (a later pip install?): {shown}. "
+                   f"Restore them with `pip install --no-deps {' '.join(restore)}`, or rebuild the image")
 
 
 def _check_libraries(found: Findings) -> None:

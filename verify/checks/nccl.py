@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from datetime import timedelta
 from typing import Any, Dict, List
 
@@ -18,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from verify import perfmath, versions
+from verify.checks._collective import allreduce_seconds
 from verify.checks._common import gpu_missing_reason, nccl_version
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
@@ -29,27 +29,6 @@ BANDWIDTH_WARMUP = 5
 BANDWIDTH_ITERATIONS = 20
 CPU_RANKS = 2
 GROUP_TIMEOUT = timedelta(seconds=90)
-
-
-def _measure_bus_bandwidth(device: torch.device, world: int, size: int) -> Dict[str, float]:
-    """nccl-tests style: time all-reduces of `size` bytes after a warm-up; every rank must call this."""
-    buffer = torch.ones(size // 4, dtype=torch.float32, device=device)
-
-    def synchronize() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for _ in range(BANDWIDTH_WARMUP):
-        dist.all_reduce(buffer)
-    synchronize()
-    started = time.perf_counter()
-    for _ in range(BANDWIDTH_ITERATIONS):
-        dist.all_reduce(buffer)
-    synchronize()
-    seconds = (time.perf_counter() - started) / BANDWIDTH_ITERATIONS
-    algbw = size / seconds / 1e9
-    return {"algbw_gbps": round(algbw, 2), "busbw_gbps": round(perfmath.bus_bandwidth(algbw, world), 2),
-            "bandwidth_bytes": size}
 
 
 def _rank_main(rank: int, world: int, backend: str, init_file: str, out_dir: str) -> None:
@@ -66,17 +45,19 @@ def _rank_main(rank: int, world: int, backend: str, init_file: str, out_dir: str
         "rank": rank, "pid": os.getpid(), "value": float(tensor[0]), "expected": expected,
         "exact": bool((tensor == expected).all()),
     }
+    barrier = {"device_ids": [rank]} if backend == "nccl" else {}
     if world > 1:  # gloo too, with a small buffer: the same collective code path, not a benchmark
         size = BANDWIDTH_BYTES if backend == "nccl" else CPU_BANDWIDTH_BYTES
-        bandwidth = _measure_bus_bandwidth(device, world, size)
-        if rank == 0:
-            record.update(bandwidth)
-    dist.barrier()
-    # No destroy_process_group(): it has no timeout, and gloo's (torch 2.4) hung on a busy machine,
-    # holding run_group's join until the check's timeout. The rank process exits right after this
-    # and the OS closes its sockets.
+        record["seconds"] = allreduce_seconds(device, size, BANDWIDTH_ITERATIONS, BANDWIDTH_WARMUP, barrier)
+        record["bandwidth_bytes"] = size
+    dist.barrier(**barrier)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as handle:
         json.dump(record, handle)
+    # No destroy_process_group() and no interpreter teardown: the former has no timeout (gloo's
+    # hung on a busy machine), and the latter runs the group's destructor, whose ncclCommAbort can
+    # block (torch >= 2.4 also warns). Either held run_group's join until the check's timeout
+    # although the record was written. The OS closes the sockets.
+    os._exit(0)
 
 
 def run_group(backend: str, world: int) -> List[Dict[str, Any]]:
@@ -133,9 +114,13 @@ def run(ctx: CheckContext) -> Outcome:
         found.fail(f"all-reduce returned {wrong[0]['value']} on rank {wrong[0]['rank']}, expected exactly {expected}")
     if len({r["pid"] for r in records} | {os.getpid()}) != world + 1:
         found.fail("the ranks did not run in separate processes")
-    bandwidth = records[0].get("busbw_gbps") if records else None
-    if bandwidth is not None:
-        found.figures.update({k: records[0][k] for k in ("algbw_gbps", "busbw_gbps", "bandwidth_bytes")})
+    bandwidth = None
+    if records and all("seconds" in r for r in records):
+        slowest = max(r["seconds"] for r in records)  # a collective is as fast as its slowest rank
+        algbw = records[0]["bandwidth_bytes"] / slowest / 1e9
+        bandwidth = round(perfmath.bus_bandwidth(algbw, world), 2)
+        found.figures.update({"rank_seconds": [r["seconds"] for r in records], "algbw_gbps": round(algbw, 2),
+                              "busbw_gbps": bandwidth, "bandwidth_bytes": records[0]["bandwidth_bytes"]})
         if backend == "nccl":
             found.key_figure = f"busbw {bandwidth:g} GB/s"
 

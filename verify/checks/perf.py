@@ -9,7 +9,7 @@ from typing import Callable, Dict, Optional
 
 import torch
 
-from verify import perfmath
+from verify import compat, perfmath
 from verify.checks._common import gpu_missing_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
@@ -78,11 +78,14 @@ def run(ctx: CheckContext) -> Outcome:
     name = torch.cuda.get_device_name(0)
     peak = perfmath.lookup_peak(name)
     free, _ = torch.cuda.mem_get_info(0)
-    found.figures.update({"device": name, "peak_table_entry": peak.label if peak else None})
+    found.figures.update({"device": name, "peak_table_entry": peak.label if peak else None,
+                          "peak_source": peak.source if peak else None})
 
     measured: Dict[str, Optional[float]] = {
         "tf32_tflops": _matmul_tflops(torch.float32, tf32=True),
-        "bf16_tflops": _matmul_tflops(torch.bfloat16, tf32=False) if torch.cuda.is_bf16_supported() else None,
+        # Native bf16 only: torch >= 2.3 emulates it on V100/T4, which would time emulation.
+        "bf16_tflops": (_matmul_tflops(torch.bfloat16, tf32=False)
+                        if compat.native_bf16(torch.cuda.get_device_capability(0)) else None),
         "fp16_tflops": _matmul_tflops(torch.float16, tf32=False),
         "memory_gbps": _device_copy_gbps(COPY_BYTES if free > 4 * COPY_BYTES else COPY_BYTES // 4),
         "h2d_pinned_gbps": _host_to_device_gbps(pinned=True),
@@ -96,7 +99,7 @@ def run(ctx: CheckContext) -> Outcome:
             value, reference = measured[key], getattr(peak, key)
             share = perfmath.percent_of(value, reference) if value is not None else None
             found.figures[f"{key}_pct_of_peak"] = share
-            if share is not None and share < 100 * perfmath.SLOW_FRACTION:
+            if share is not None and share < 100 * perfmath.SLOW_FRACTION and peak.warn_when_slow:
                 slow.append(f"{key.split('_')[0]} {value:.0f} is {share:.0f}% of the {peak.label}'s {reference:g}")
     if slow:
         found.warn("below half the published peak: " + "; ".join(slow) + " (check `nvidia-smi -q -d CLOCK,POWER` "

@@ -16,6 +16,7 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from verify import compat
 from verify.checks._common import gpu_missing_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
@@ -87,9 +88,13 @@ def train(device: str, random_labels: bool = False) -> Dict[str, object]:
     model = make_model().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=budget.lr)
     amp_dtype: Optional[torch.dtype] = None
+    scaler = None
     if device == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = _grad_scaler() if amp_dtype is torch.float16 else None
+        # Native bf16 only (compute capability 8.0+): torch >= 2.3 calls bf16 "supported" on V100/T4
+        # by emulating it, which would skip the fp16 + GradScaler path those GPUs really train with.
+        dtype_name, needs_scaler = compat.mixed_precision(torch.cuda.get_device_capability())
+        amp_dtype = getattr(torch, dtype_name)
+        scaler = _grad_scaler() if needs_scaler else None
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else nullcontext
 
     losses = []
