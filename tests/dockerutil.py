@@ -8,10 +8,10 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import docker
-import docker.errors
+if TYPE_CHECKING:  # the SDK is imported where a container is made: a GPU host may lack it
+    import docker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,8 +29,10 @@ def build_py(*args: str, timeout: int = 3600, env: dict | None = None) -> subpro
 
 
 @contextlib.contextmanager
-def container(client: docker.DockerClient, image: str, command=None, **kwargs) -> Iterator:
+def container(client: "docker.DockerClient", image: str, command=None, **kwargs) -> Iterator:
     """Start a detached container; force-remove it whatever happens, printing its log on failure."""
+    import docker.errors
+
     kwargs.setdefault("name", unique("pytorch-cuda-test"))
     started = client.containers.run(image, command, detach=True, **kwargs)
     try:
@@ -44,7 +46,7 @@ def container(client: docker.DockerClient, image: str, command=None, **kwargs) -
             started.remove(force=True, v=True)
 
 
-def run(client: docker.DockerClient, image: str, command, timeout: int = 300, **kwargs) -> tuple[int, str]:
+def run(client: "docker.DockerClient", image: str, command, timeout: int = 300, **kwargs) -> tuple[int, str]:
     """Run a command in a fresh container, wait at most `timeout` s, return (exit code, output)."""
     with container(client, image, command, **kwargs) as box:
         try:
@@ -68,12 +70,14 @@ def wait_healthy(box, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def removing_new_dangling_images(client: docker.DockerClient) -> Iterator[None]:
+def removing_new_dangling_images(client: "docker.DockerClient") -> Iterator[None]:
     """Remove the untagged images a block leaves behind, and only those.
 
     A throwaway build (--no-cache, a failing step) leaves its builder stage as an untagged image
     of several GB; the images that were there before, the layer cache of real builds, stay.
     """
+    import docker.errors
+
     before = {image.id for image in client.images.list(all=True)}
     try:
         yield
