@@ -423,3 +423,25 @@ def test_both_blocking_wait_names_are_set_for_torch_2_1_and_later():
     environ = {"NCCL_BLOCKING_WAIT": "0"}
     blocking_wait_variables(environ)
     assert environ == {"NCCL_BLOCKING_WAIT": "0", "TORCH_NCCL_BLOCKING_WAIT": "1"}  # the user's choice stays
+
+
+@pytest.mark.parametrize("locked, installed, same", [
+    ("13.0.3", "13.0.3.0", True),  # PEP 440 pads releases with zeros
+    ("9.1.0.70", "9.1.0.70", True),
+    ("2.4.1", "2.4.1+cu121", False),  # another build of torch
+    ("2.5.0a0", "2.5.0", False),
+    ("12.1.105", "99.0", False),
+])
+def test_locked_package_versions(locked, installed, same):
+    from verify import packages
+
+    assert packages.same_version(locked, installed) is same
+
+
+def test_changed_packages_name_both_versions_and_missing_ones():
+    from verify import packages
+
+    locked = {"torch": "2.4.1", "nvidia-nvtx-cu12": "12.1.105", "nvidia_cudnn_cu12": "9.1.0.70"}
+    installed = {"torch": "2.4.1", "nvidia-nvtx-cu12": "99.0"}
+    assert packages.changed(locked, installed) == [("nvidia-nvtx-cu12", "12.1.105", "99.0"),
+                                                   ("nvidia_cudnn_cu12", "9.1.0.70", None)]

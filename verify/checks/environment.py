@@ -1,18 +1,20 @@
-"""environment: the versions in this process vs the manifest's promise, and where the libraries came from."""
+"""environment: the versions in this process vs the manifest's promise, and where the libraries came from.
+
+torch is imported inside run(), after the installed packages are compared with the lock: when a
+`pip install` replaced an NVIDIA wheel, torch may no longer import at all, and the report must
+still name the package that broke it.
+"""
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
 import os
 import platform
-import re
 import sys
+from types import ModuleType
 from typing import Dict, List, Optional, Tuple
 
-import torch
-
-from verify import libs, versions
-from verify.checks._common import nccl_version
+from verify import libs, packages, versions
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -30,7 +32,6 @@ _COMPARED = (
     ("cublas", "the cuBLAS wheel"),
 )
 _CUDA_ONLY = {"triton", "cuda", "cudnn", "nccl", "cuda_runtime", "cublas"}
-_RELEASE = re.compile(r"^\d+(\.\d+)*$")
 # Read from pip metadata, which is missing when torch uses a system CUDA: warn, do not fail.
 _FROM_WHEELS = {"cuda_runtime", "cublas"}
 
@@ -45,7 +46,7 @@ def _distribution_version(*names: str) -> Optional[str]:
 
 
 
-def _cudnn_version() -> Tuple[Optional[str], Optional[str]]:
+def _cudnn_version(torch: ModuleType) -> Tuple[Optional[str], Optional[str]]:
     """(version, None), or (None, why) when torch refuses the cuDNN it found (a version mismatch)."""
     if torch.version.cuda is None:
         return None, None
@@ -56,7 +57,7 @@ def _cudnn_version() -> Tuple[Optional[str], Optional[str]]:
         return None, lines[0] if lines else "torch.backends.cudnn.version() failed"
 
 
-def _initialise() -> None:
+def _initialise(torch: ModuleType) -> None:
     """Load what a training job loads, so /proc/self/maps shows the libraries really in use."""
     if torch.cuda.is_available():
         a = torch.ones(8, 8, device="cuda")
@@ -71,7 +72,9 @@ def _cuda_wheel_version(component: str, cuda_major: Optional[str]) -> Optional[s
     return _distribution_version(f"{component}-cu{cuda_major}", component)
 
 
-def _actual_versions(cuda_major: Optional[str], cudnn: Optional[str]) -> Dict[str, Optional[str]]:
+def _actual_versions(torch: ModuleType, cuda_major: Optional[str], cudnn: Optional[str]) -> Dict[str, Optional[str]]:
+    from verify.checks._common import nccl_version
+
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -86,7 +89,7 @@ def _actual_versions(cuda_major: Optional[str], cudnn: Optional[str]) -> Dict[st
     }
 
 
-def _trusted_roots() -> List[str]:
+def _trusted_roots(torch: ModuleType) -> List[str]:
     """Where torch's own libraries live: its package and the nvidia-* wheels' namespace package."""
     roots = [os.path.dirname(torch.__file__)]
     spec = importlib.util.find_spec("nvidia")
@@ -107,14 +110,27 @@ def _installed_distributions() -> List[str]:
 
 def run(ctx: CheckContext) -> Outcome:
     found = Findings()
-    cudnn, cudnn_error = _cudnn_version()
+    manifest = ctx.manifest
+    if manifest is not None and manifest.packages:
+        _check_packages(found, manifest.packages)
+    try:
+        import torch
+    except Exception as err:  # a broken install: say so, with what changed above
+        lines = [line for line in str(err).strip().splitlines() if line.strip()]
+        found.fail(f"torch does not import ({type(err).__name__}: {lines[0] if lines else 'no message'})")
+        return found.outcome("")
+    return _compare(ctx, found, torch)
+
+
+def _compare(ctx: CheckContext, found: Findings, torch: ModuleType) -> Outcome:
+    cudnn, cudnn_error = _cudnn_version(torch)
     if cudnn_error:
         found.fail(cudnn_error)
     else:
-        _initialise()
+        _initialise(torch)
     manifest = ctx.manifest
     cuda_major = (torch.version.cuda or (manifest.cuda if manifest else None) or "").split(".")[0] or None
-    actual = _actual_versions(cuda_major, cudnn)
+    actual = _actual_versions(torch, cuda_major, cudnn)
     found.figures["versions"] = actual
     found.figures["manifest"] = manifest.path if manifest else None
     found.figures["lock_digest"] = manifest.lock_digest if manifest else None
@@ -141,12 +157,10 @@ def run(ctx: CheckContext) -> Outcome:
             if not versions.same_release(expected, have):
                 found.fail(f"{label} is {have} but the manifest promises {expected}")
     found.figures["compared"] = compared
-    if manifest is not None and manifest.packages:
-        _check_packages(found, manifest.packages)
     if cpu_build:
         found.figures["not_applicable"] = "CPU build of torch: CUDA, cuDNN and NCCL versions do not apply"
 
-    _check_libraries(found)
+    _check_libraries(found, torch)
     if manifest is None:
         return found.outcome("no manifest (host run): versions reported, nothing compared")
     tag = f" ({manifest.tag})" if manifest.tag else ""
@@ -156,44 +170,21 @@ def run(ctx: CheckContext) -> Outcome:
     return found.outcome(f"{len(compared)} versions match the manifest{tag}: {', '.join(compared)}{locked}")
 
 
-def same_package_version(locked: str, installed: str) -> bool:
-    """'13.0.3' and '13.0.3.0' are one release (PEP 440 pads with zeros); a local label must match."""
-    if locked == installed:
-        return True
-    (want, want_local), (have, have_local) = (v.partition("+")[::2] for v in (locked, installed))
-    if not (_RELEASE.match(want) and _RELEASE.match(have)):  # pre-releases and the like: exactly
-        return False
-    left, right = versions.parse_version(want), versions.parse_version(have)
-    width = max(len(left), len(right))
-    return left + (0,) * (width - len(left)) == right + (0,) * (width - len(right)) and want_local == have_local
-
-
 def _check_packages(found: Findings, locked: Dict[str, str]) -> None:
     """Every package of the image's CUDA torch must still be the one the image was built and verified with."""
-    installed = {}
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-").replace(".", "-")
-        if name:
-            installed[name] = dist.version
-    changed, restore = [], []
-    for name, version in sorted(locked.items()):
-        have = installed.get(name)
-        if have is None:
-            changed.append(f"{name} {version} is no longer installed")
-        elif not same_package_version(version, have):
-            changed.append(f"{name} is {have}, the image was built with {version}")
-        else:
-            continue
-        restore.append(f"{name}=={version}")
+    differences = packages.changed(locked, packages.installed_versions())
+    said = [f"{name} {want} is no longer installed" if have is None else f"{name} is {have}, the image was built "
+            f"with {want}" for name, want, have in differences]
     found.figures["packages_checked"] = len(locked)
-    found.figures["packages_changed"] = changed
-    if changed:
-        shown = "; ".join(changed[:6]) + (f"; and {len(changed) - 6} more" if len(changed) > 6 else "")
+    found.figures["packages_changed"] = said
+    if said:
+        shown = "; ".join(said[:6]) + (f"; and {len(said) - 6} more" if len(said) > 6 else "")
+        restore = " ".join(f"{name}=={want}" for name, want, _ in differences)
         found.fail(f"the packages of the image's CUDA torch changed after the build (a later pip install?): {shown}. "
-                   f"Restore them with `pip install --no-deps {' '.join(restore)}`, or rebuild the image")
+                   f"Restore them with `pip install --no-deps {restore}`, or rebuild the image")
 
 
-def _check_libraries(found: Findings) -> None:
+def _check_libraries(found: Findings, torch: ModuleType) -> None:
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as handle:
             loaded = libs.libraries_from_maps(handle.read())
@@ -203,7 +194,7 @@ def _check_libraries(found: Findings) -> None:
     found.figures["libraries"] = loaded
     ld_library_path = os.environ.get("LD_LIBRARY_PATH", "")
     found.figures["ld_library_path"] = ld_library_path
-    shadowed = libs.shadowed_libraries(loaded, ld_library_path, _trusted_roots())
+    shadowed = libs.shadowed_libraries(loaded, ld_library_path, _trusted_roots(torch))
     found.figures["shadowed"] = [path for path, _ in shadowed]
     if shadowed:
         found.warn(libs.describe_shadowing(shadowed))
