@@ -138,6 +138,7 @@ def context_files(spec: plan.ImageSpec, dockerfile: str) -> dict[str, bytes]:
     return {
         render.repo_path(spec.dockerfile): dockerfile.encode(),
         render.repo_path(spec.manifest): render.render_manifest(spec).encode(),
+        render.repo_path(spec.constraints): render.render_constraints(spec).encode(),
         render.repo_path(spec.lock): spec.lock.read_bytes(),
     }
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
-from .plan import IMAGE_UID
+from .plan import IMAGE_GID, IMAGE_UID
 from .render import TEMPLATES_DIR, _environment  # the one strict Jinja environment (StrictUndefined)
 
 TEMPLATE = "k8s/verify-job.yaml.j2"
@@ -90,5 +90,6 @@ def render_verify_job(job: VerifyJob, templates_dir: Path = TEMPLATES_DIR) -> st
         shm_size=job.shm_size,
         deadline_s=job.deadline_s,
         uid=IMAGE_UID,
+        gid=IMAGE_GID,
         labels={**job.labels, "app.kubernetes.io/instance": name},
     )

@@ -11,6 +11,9 @@ VARIANTS = ("runtime", "jupyter", "ssh")
 REPOSITORY = "pytorch-cuda"
 IMAGE_USER = "pytorch"
 IMAGE_UID = 1000
+# The image's group is root (gid 0), as OpenShift expects of images: a container started under any
+# uid gets group 0, and the venv and /workspace are group-writable, so `pip install` works for it too.
+IMAGE_GID = 0
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,11 @@ class ImageSpec:
     @property
     def manifest(self) -> Path:
         return self.directory / "manifest.json"
+
+    @property
+    def constraints(self) -> Path:
+        """The pip constraints (the CUDA torch packages, from the runtime lock) every pip run in the image obeys."""
+        return self.directory / "constraints.txt"
 
     @property
     def lock(self) -> Path:

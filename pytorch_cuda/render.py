@@ -12,7 +12,7 @@ from verify import manifest as contract
 
 from . import lockfile
 from .matrix import REPO_ROOT
-from .plan import IMAGE_UID, IMAGE_USER, ImageSpec
+from .plan import IMAGE_GID, IMAGE_UID, IMAGE_USER, ImageSpec
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 
@@ -43,7 +43,9 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         packages=packages,
         user=IMAGE_USER,
         uid=IMAGE_UID,
+        gid=IMAGE_GID,
         dockerfile_path=repo_path(spec.dockerfile),
+        constraints_path=repo_path(spec.constraints),
         manifest_path=repo_path(spec.manifest),
         lock_path=repo_path(spec.lock),
         labels=labels(spec),
@@ -106,6 +108,19 @@ def render_manifest(spec: ImageSpec) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
+def render_constraints(spec: ImageSpec) -> str:
+    """pip constraints: the image's CUDA torch packages at their locked versions.
+
+    Set as PIP_CONSTRAINT in every image, so `pip install` of a package that wants another torch or
+    other NVIDIA wheels fails with pip's conflict message instead of replacing what was verified.
+    """
+    pins = sorted(image_manifest(spec).packages.items())
+    return (f"# The CUDA torch of {spec.stem}, from its runtime lock: pip may not replace these.\n"
+            "# To change one anyway: PIP_CONSTRAINT= pip install ... (README: Add your own packages)\n"
+            + "".join(f"{name}=={version}\n" for name, version in pins))
+
+
 def rendered_files(spec: ImageSpec, packages: tuple[str, ...] = ()) -> dict[Path, str]:
     """Every committed file one spec owns, keyed by absolute path."""
-    return {spec.dockerfile: render_dockerfile(spec, packages), spec.manifest: render_manifest(spec)}
+    return {spec.dockerfile: render_dockerfile(spec, packages), spec.manifest: render_manifest(spec),
+            spec.constraints: render_constraints(spec)}

@@ -11,7 +11,7 @@ import yaml
 
 from pytorch_cuda import cli, k8s
 from pytorch_cuda.errors import UsageError
-from pytorch_cuda.plan import IMAGE_UID
+from pytorch_cuda.plan import IMAGE_GID, IMAGE_UID
 
 TAG = "ghcr.io/acme/pytorch-cuda:2.4.1-cuda12.1-runtime"
 # The oldest and the newest schemas shipped (Indexed Jobs are GA since 1.24).
@@ -99,7 +99,7 @@ def test_gpus_shm_and_non_root(documents):
     (volume,) = pod["volumes"]
     assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
     assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/dev/shm"}]
-    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_UID}
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": IMAGE_UID, "runAsGroup": IMAGE_GID}
     assert IMAGE_UID == 1000 and container["securityContext"]["allowPrivilegeEscalation"] is False
 
 

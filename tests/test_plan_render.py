@@ -58,7 +58,7 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     builder, final = text.split("\nFROM ${BASE_IMAGE}\n")
     # The CA reaches only the builder stage.
     assert "ARG PIP_CA_CERT" in builder and "PIP_CA_CERT" not in final
-    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert "COPY --from=builder /opt/ /opt/" in final
     assert re.search(r"^USER pytorch$", final, re.M)
     assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.0"' in final  # the CUDA 12 floor, not 12.1's own driver
     assert "NVIDIA_VISIBLE_DEVICES=all" in final and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in final
@@ -84,7 +84,9 @@ def test_variants_build_from_runtime_and_share_the_base_block(m, specs):
     for text in (jupyter, ssh):
         assert "ARG RUNTIME_IMAGE=pytorch-cuda:2.4.1-cuda12.1-runtime" in text
         assert "torch==" not in text  # torch is never reinstalled by a variant
-    assert "jupyterlab==" in jupyter and "COPY --from=builder /opt/added/ /" in jupyter
+    # JupyterLab comes from its own lock, hash-checked, like the runtime's packages.
+    assert "COPY images/2.4.1-cuda12.1/jupyter.lock /tmp/requirements.lock" in jupyter and "--require-hashes" in jupyter
+    assert "COPY --from=builder /opt/added/ /" in jupyter
     assert "PIP_CA_CERT" not in jupyter.split("\nFROM ${RUNTIME_IMAGE}\n")[1]
     assert "rm -f /etc/ssh/ssh_host_*_key*" in ssh
 
