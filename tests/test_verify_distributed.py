@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from pytorch_cuda import k8s
-from verify import cli, faults, ranks, registry
+from verify import catalog, cli, faults, ranks
 from verify.errors import UsageError
 from verify.result import Status
 
-from .dockerutil import container, unique
+from .dockerutil import TrackedContainers, unique
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -161,12 +161,12 @@ def test_faults_can_be_aimed_at_one_rank():
 
 
 def test_distributed_mode_runs_only_the_gang_check_unless_only_says_otherwise():
-    assert [s.name for s in registry.select(None, None, perf=False, distributed=True)] == ["distributed"]
-    assert "distributed" not in [s.name for s in registry.select(None, None, perf=True)]
-    assert [s.name for s in registry.select(["cuda,distributed"], None, perf=False, distributed=True)] == [
+    assert [s.name for s in catalog.select(None, None, perf=False, distributed=True)] == ["distributed"]
+    assert "distributed" not in [s.name for s in catalog.select(None, None, perf=True)]
+    assert [s.name for s in catalog.select(["cuda,distributed"], None, perf=False, distributed=True)] == [
         "cuda", "distributed"]
     with pytest.raises(UsageError, match="runs only under torchrun"):
-        registry.select(["distributed"], None, perf=False)
+        catalog.select(["distributed"], None, perf=False)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -282,29 +282,25 @@ def _report_after_summary(output: str) -> Dict[str, Any]:
     return json.loads("\n".join(lines[lines.index("{"):]))
 
 
-def _two_nodes(docker_client, tag: str, commands, environments) -> Tuple[list, list, float]:
-    """Run node 0 and node 1 side by side on a fresh internal network; both always removed, then the network.
+def _two_nodes(containers: TrackedContainers, tag: str, commands, environments) -> Tuple[list, list, float]:
+    """Run node 0 and node 1 side by side on a fresh internal network; the `containers` fixture removes
+    both after the test, then the network.
 
     Returns the container names (also their hostnames), [(exit code, log)] per node, and the seconds taken.
     """
-    network = docker_client.networks.create(unique("pytorch-cuda-dist"), driver="bridge", internal=True)
+    network = containers.network("pytorch-cuda-dist", driver="bridge", internal=True)
     names = [unique("verify-node0"), unique("verify-node1")]
-    try:
-        started = time.monotonic()
-        with container(docker_client, tag, commands(names)[0], name=names[0], hostname=names[0], entrypoint="",
-                       network=network.name, environment=environments(names)[0]) as node0, \
-                container(docker_client, tag, commands(names)[1], name=names[1], hostname=names[1], entrypoint="",
-                          network=network.name, environment=environments(names)[1]) as node1:
-            results = []
-            for box in (node0, node1):
-                try:
-                    code = box.wait(timeout=NODE_WAIT_S)["StatusCode"]
-                except Exception as err:  # a hang must fail the test, not stall it
-                    raise AssertionError(f"{box.name} did not finish in {NODE_WAIT_S} s") from err
-                results.append((code, box.logs().decode(errors="replace")))
-            return names, results, time.monotonic() - started
-    finally:
-        network.remove()
+    started = time.monotonic()
+    nodes = [containers.start(tag, commands(names)[i], name=names[i], hostname=names[i], entrypoint="",
+                              network=network.name, environment=environments(names)[i]) for i in range(2)]
+    results = []
+    for box in nodes:
+        try:
+            code = box.wait(timeout=NODE_WAIT_S)["StatusCode"]
+        except Exception as err:  # a hang must fail the test, not stall it
+            raise AssertionError(f"{box.name} did not finish in {NODE_WAIT_S} s") from err
+        results.append((code, box.logs().decode(errors="replace")))
+    return names, results, time.monotonic() - started
 
 
 def _assert_two_hosts(report: Dict[str, Any], names) -> None:
@@ -317,14 +313,14 @@ def _assert_two_hosts(report: Dict[str, Any], names) -> None:
 
 
 @pytest.mark.docker
-def test_two_containers_with_launcher_variables_rendezvous_as_two_nodes(built, docker_client):
+def test_two_containers_with_launcher_variables_rendezvous_as_two_nodes(built, containers):
     """Any launcher: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set per container, no torchrun."""
     def environments(names):
         return [{"RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": names[0],
                  "MASTER_PORT": "29500"} for rank in range(2)]
 
     names, [(code0, out0), (code1, out1)], elapsed = _two_nodes(
-        docker_client, built["runtime"].tag, lambda names: [["verify", "--timeout", str(NODE_TIMEOUT_S), "--json", "-"]] * 2, environments)
+        containers, built["runtime"].tag, lambda names: [["verify", "--timeout", str(NODE_TIMEOUT_S), "--json", "-"]] * 2, environments)
     print(f"two containers, launcher variables: {elapsed:.1f} s")
     assert (code0, code1) == (0, 0), out0 + out1
     _assert_two_hosts(_report_after_summary(out0), names)
@@ -332,7 +328,7 @@ def test_two_containers_with_launcher_variables_rendezvous_as_two_nodes(built, d
 
 
 @pytest.mark.docker
-def test_two_containers_run_the_kubernetes_torchrun_command(built, docker_client):
+def test_two_containers_run_the_kubernetes_torchrun_command(built, containers):
     """The container arguments k8s.py renders, with the pod index and pod 0's name filled in as the
     kubelet and the headless Service would; --require-gpu left out on this GPU-less host."""
     def commands(names):
@@ -343,7 +339,7 @@ def test_two_containers_run_the_kubernetes_torchrun_command(built, docker_client
                 for index in range(2)]
 
     names, [(code0, out0), (code1, out1)], elapsed = _two_nodes(
-        docker_client, built["runtime"].tag, commands, lambda names: [{}, {}])
+        containers, built["runtime"].tag, commands, lambda names: [{}, {}])
     print(f"two containers, torchrun --nnodes 2: {elapsed:.1f} s")
     assert (code0, code1) == (0, 0), out0 + out1
     _assert_two_hosts(_report_after_summary(out0), names)

@@ -5,10 +5,9 @@ import json
 
 import pytest
 
-from verify import archs, faults, libs, manifest, perfmath, registry, versions
+from verify import archs, catalog, faults, libs, manifest, perfmath, versions
 from verify.errors import ManifestError, UsageError
 from verify.result import Findings, Status
-
 
 # --- versions ---------------------------------------------------------------------------------
 
@@ -92,7 +91,7 @@ WHEEL_ARCHS = ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"]
     ((8, 9), WHEEL_ARCHS, "compatible", "sm_86"),  # L4/L40S/4090 run the sm_86 cubin
     ((7, 2), ["sm_70", "sm_80"], "compatible", "sm_70"),
     ((10, 0), WHEEL_ARCHS, "none", None),  # no Blackwell code, no PTX: "no kernel image"
-    ((10, 0), WHEEL_ARCHS + ["compute_90"], "ptx", "compute_90"),  # PTX JIT from a lower arch
+    ((10, 0), [*WHEEL_ARCHS, "compute_90"], "ptx", "compute_90"),  # PTX JIT from a lower arch
     ((12, 0), ["sm_80", "compute_80", "compute_90"], "ptx", "compute_90"),  # the highest usable PTX
     ((8, 0), ["sm_86"], "none", None),  # a cubin never runs on a lower minor
     ((8, 0), ["compute_86"], "none", None),  # nor PTX on a lower capability
@@ -262,7 +261,7 @@ def test_percent_of_peak():
     assert perfmath.percent_of(10.0, None) is None
 
 
-# --- manifest, registry, faults, findings -----------------------------------------------------
+# --- manifest, catalog, faults, findings -----------------------------------------------------
 
 def test_manifest_load_and_defaults(tmp_path):
     path = tmp_path / "manifest.json"
@@ -296,18 +295,18 @@ def test_named_manifest_must_exist(tmp_path):
 
 
 def test_select_checks():
-    default = [spec.name for spec in registry.select(None, None, perf=False)]
+    default = [spec.name for spec in catalog.select(None, None, perf=False)]
     assert default == ["environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"]
-    assert [s.name for s in registry.select(None, None, perf=True)][-1] == "perf"
-    assert [s.name for s in registry.select(["train,autograd"], None, perf=False)] == ["autograd", "train"]
-    assert [s.name for s in registry.select(["perf"], None, perf=False)] == ["perf"]
-    assert "compile" not in [s.name for s in registry.select(None, ["compile", "train"], perf=False)]
+    assert [s.name for s in catalog.select(None, None, perf=True)][-1] == "perf"
+    assert [s.name for s in catalog.select(["train,autograd"], None, perf=False)] == ["autograd", "train"]
+    assert [s.name for s in catalog.select(["perf"], None, perf=False)] == ["perf"]
+    assert "compile" not in [s.name for s in catalog.select(None, ["compile", "train"], perf=False)]
 
 
 @pytest.mark.parametrize("only, skip", [(["cuda,nope"], None), (None, ["gpu"]), (["train"], ["train"])])
 def test_select_rejects_unknown_or_empty(only, skip):
     with pytest.raises(UsageError):
-        registry.select(only, skip, perf=False)
+        catalog.select(only, skip, perf=False)
 
 
 def test_fault_spec_is_per_check():
@@ -348,13 +347,13 @@ def test_exclusive_checks_run_alone_and_others_share_two_slots():
     from verify import runner
 
     def job(name):
-        return runner._Job(0, registry.get(name), 1.0, "", "", 0.0)
+        return runner._Job(0, catalog.get(name), 1.0, "", "", 0.0)
 
-    assert runner._may_start(registry.get("autograd"), {1: job("compile")}, parallel=2)
-    assert not runner._may_start(registry.get("autograd"), {1: job("compile"), 2: job("shm")}, parallel=2)
-    assert not runner._may_start(registry.get("nccl"), {1: job("shm")}, parallel=2)
-    assert runner._may_start(registry.get("nccl"), {}, parallel=2)
-    assert not runner._may_start(registry.get("shm"), {1: job("nccl")}, parallel=2)
+    assert runner._may_start(catalog.get("autograd"), {1: job("compile")}, parallel=2)
+    assert not runner._may_start(catalog.get("autograd"), {1: job("compile"), 2: job("shm")}, parallel=2)
+    assert not runner._may_start(catalog.get("nccl"), {1: job("shm")}, parallel=2)
+    assert runner._may_start(catalog.get("nccl"), {}, parallel=2)
+    assert not runner._may_start(catalog.get("shm"), {1: job("nccl")}, parallel=2)
 
 
 def test_the_parent_process_never_imports_torch():
@@ -433,9 +432,7 @@ def test_both_blocking_wait_names_are_set_for_torch_2_1_and_later():
     ("12.1.105", "99.0", False),
 ])
 def test_locked_package_versions(locked, installed, same):
-    from verify import packages
-
-    assert packages.same_version(locked, installed) is same
+    assert versions.same_version(locked, installed) is same
 
 
 def test_changed_packages_name_both_versions_and_missing_ones():

@@ -19,11 +19,11 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from verify import catalog, ranks, runner
 from verify import manifest as manifest_file
-from verify import ranks, registry, runner
+from verify.catalog import CheckSpec
 from verify.errors import EXIT_USAGE, UsageError, VerifyError
 from verify.manifest import Manifest
-from verify.registry import CheckSpec
 from verify.report import jsonfile, junit, table
 from verify.result import CheckResult, Report, Status
 
@@ -44,7 +44,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="verify", description=(
-        "Check that this environment can train on a GPU, and say why not. Checks: " + ", ".join(registry.NAMES)
+        "Check that this environment can train on a GPU, and say why not. Checks: " + ", ".join(catalog.NAMES)
         + ". Each runs in its own process with a timeout."))
     parser.add_argument("--json", metavar="PATH", help="write the JSON report here ('-': to stdout, after the "
                                                        "summary line, e.g. for a Kubernetes pod's log)")
@@ -130,7 +130,7 @@ def _distributed_bandwidth(results: Sequence[CheckResult]) -> List[str]:
     """nccl-tests' table for the distributed check, under the report's table."""
     result = next((r for r in results if r.name == "distributed"), None)
     rows = (result.figures.get("bandwidth") or []) if result else []
-    if not rows:
+    if result is None or not rows:
         return []
     lines = [f"distributed all-reduce, {ranks.plural(result.figures.get('world_size', 0), 'rank')} on "
              f"{ranks.plural(result.figures.get('nodes', 0), 'node')}, {result.figures.get('backend')} "
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     launch = ranks.detect(os.environ, args.distributed)
     if args.backend and launch is None:
         raise UsageError("--backend applies only in distributed mode (--distributed, or under torchrun)")
-    specs = registry.select(args.only, args.skip, args.perf, distributed=launch is not None)
+    specs = catalog.select(args.only, args.skip, args.perf, distributed=launch is not None)
     if launch is not None and launch.local_rank != 0:
         specs = [spec for spec in specs if spec.gang]  # single-process checks: once per node is enough
     if args.timeout is not None and not args.timeout > 0:
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     options = runner.RunOptions(manifest=manifest, require_gpu=args.require_gpu, timeout_s=args.timeout,
                                 backend=args.backend)
-    results = runner.run([registry.FINGERPRINT, *specs], options, on_result=printer.take)
+    results = runner.run([catalog.FINGERPRINT, *specs], options, on_result=printer.take)
     probe, checks = results[0], results[1:]
     if placeholder:
         checks.append(placeholder)

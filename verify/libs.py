@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 # libcudnn.so.9, libcudnn_graph.so.9, libnccl.so.2, libcublasLt.so.12, libcudart.so.12 ...
 _LIBRARY = re.compile(r"/(?P<file>lib(?P<family>cudnn|nccl|cublasLt|cublas|cudart)(?:_[A-Za-z0-9_]+)?\.so[.\d]*)$")
@@ -62,7 +62,7 @@ def cuda_wheel_conflicts(distribution_names: Iterable[str]) -> Tuple[List[str], 
     conflicts: components installed for two CUDA majors at once (nvidia-cudnn-cu11 and -cu12),
     which overwrite each other's files. by_major: wheel names grouped by CUDA major.
     """
-    components: Dict[str, set] = {}
+    components: Dict[str, Set[str]] = {}
     by_major: Dict[str, List[str]] = {}
     for raw in distribution_names:
         name = raw.strip().lower().replace("_", "-")

@@ -46,7 +46,7 @@ class Manifest:
     packages: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str) -> "Manifest":
+    def from_dict(cls, data: Mapping[str, Any], path: str) -> Manifest:
         """Validate types; unknown keys are ignored so an older verify reads a newer manifest."""
         if not isinstance(data, Mapping):
             raise ManifestError(path, "top level is not a JSON object")
@@ -103,10 +103,8 @@ _FORMER_LABELS = {"toolkit_driver": LABEL_PREFIX + "min-driver"}
 def to_labels(manifest: Manifest) -> Dict[str, str]:
     """The labels an image of this manifest carries ('' for what it does not state)."""
     data = manifest.to_dict()
-    labels = {}
-    for name, label in LABELS.items():
-        value = data.get(name)
-        labels[label] = " ".join(value) if name == "archs" else (value or "")
+    labels = {label: str(data.get(name) or "") for name, label in LABELS.items()}
+    labels[LABELS["archs"]] = " ".join(manifest.archs)
     return labels
 
 

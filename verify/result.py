@@ -37,7 +37,7 @@ class CheckResult:
     key_figure: str = ""
 
     @classmethod
-    def from_outcome(cls, name: str, outcome: Outcome, duration_s: float) -> "CheckResult":
+    def from_outcome(cls, name: str, outcome: Outcome, duration_s: float) -> CheckResult:
         return cls(name, outcome.status, outcome.reason, duration_s, outcome.figures, outcome.key_figure)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -51,7 +51,7 @@ class CheckResult:
         }
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "CheckResult":
+    def from_dict(cls, data: Dict[str, Any]) -> CheckResult:
         return cls(
             name=str(data["name"]),
             status=Status(data["status"]),

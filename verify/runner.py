@@ -1,4 +1,4 @@
-"""Run checks in child processes under per-check timeouts; the parent's side of `_zygote`.
+"""Run checks in child processes under per-check timeouts; the parent's side of `forkserver`.
 
 The parent never imports torch: a torch that crashes on import must become a failed report, not a
 dead `verify`. Each check runs in its own process group, so a timeout kills the check together with
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from verify import nvsmi
+from verify.catalog import CheckSpec
 from verify.errors import RunnerError
 from verify.manifest import Manifest
-from verify.registry import CheckSpec
 from verify.result import CheckResult, Status
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,8 @@ class _Job:
         return self.launched_at + self.timeout_s
 
 
-class _Zygote:
-    """The `_zygote` process: a pipe for requests and one for its answers."""
+class _ForkServer:
+    """The `forkserver` process: a pipe for requests and one for its answers."""
 
     def __init__(self, workdir: str, preload: Sequence[str]) -> None:
         env = dict(os.environ)
@@ -69,7 +69,7 @@ class _Zygote:
         self.log_path = os.path.join(workdir, "runner.log")
         with open(self.log_path, "wb") as log_file:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "verify._zygote", *preload],
+                [sys.executable, "-m", "verify.forkserver", *preload],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, env=env,
             )
         self._pending = b""
@@ -141,15 +141,15 @@ def run(specs: Sequence[CheckSpec], options: RunOptions,
             on_result(result)
 
     workdir = tempfile.mkdtemp(prefix="verify-")
-    zygote: Optional[_Zygote] = None
+    forkserver: Optional[_ForkServer] = None
     running: Dict[int, _Job] = {}
     try:
-        zygote = _Zygote(workdir, sorted({module for spec in specs for module in spec.preload}))
-        ready = zygote.wait_ready(STARTUP_TIMEOUT_S)
+        forkserver = _ForkServer(workdir, sorted({module for spec in specs for module in spec.preload}))
+        ready = forkserver.wait_ready(STARTUP_TIMEOUT_S)
         if ready.get("error"):
             log.info("torch did not import in the runner: %s", ready["error"])
         runner_facts.update({"check_processes": ready.get("mode", "fork"), "why": ready.get("why", "")})
-        _schedule(zygote, specs, options, parallel, workdir, running, finish)
+        _schedule(forkserver, specs, options, parallel, workdir, running, finish)
     except RunnerError as err:
         for job in running.values():
             _kill(job)
@@ -159,13 +159,13 @@ def run(specs: Sequence[CheckSpec], options: RunOptions,
     finally:
         for job in running.values():
             _kill(job)
-        if zygote is not None:
-            zygote.close()
+        if forkserver is not None:
+            forkserver.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return [results[spec.name] for spec in specs]
 
 
-def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, parallel: int, workdir: str,
+def _schedule(forkserver: _ForkServer, specs: Sequence[CheckSpec], options: RunOptions, parallel: int, workdir: str,
               running: Dict[int, _Job], finish: Callable[[CheckResult], None]) -> None:
     # Gang checks first (every rank of a distributed run starts them together, so none waits for a
     # neighbour's other checks); then slow checks so the quick ones run beside them; exclusive ones
@@ -179,17 +179,18 @@ def _schedule(zygote: _Zygote, specs: Sequence[CheckSpec], options: RunOptions, 
                        os.path.join(workdir, f"{spec.name}.json"), os.path.join(workdir, f"{spec.name}.log"),
                        time.monotonic())
             next_ident += 1
-            zygote.send({
+            forkserver.send({
                 "id": job.ident, "name": spec.name, "result": job.result_path, "log": job.log_path,
                 "manifest": options.manifest.to_dict() if options.manifest else None,
                 "require_gpu": options.require_gpu, "timeout_s": job.timeout_s, "backend": options.backend,
             })
             running[job.ident] = job
         wait = min(job.deadline for job in running.values()) - time.monotonic() if running else 0.0
-        for message in zygote.receive(min(max(wait, 0.0), 0.5)):
-            job = running.get(message.get("started") or message.get("exited") or -1)
-            if job is None:
+        for message in forkserver.receive(min(max(wait, 0.0), 0.5)):
+            answered = running.get(message.get("started") or message.get("exited") or -1)
+            if answered is None:
                 continue
+            job = answered
             if "started" in message:
                 job.pid = int(message["pid"])
             else:

@@ -5,6 +5,7 @@ import re
 from typing import Optional, Sequence, Tuple, Union
 
 _LEADING_INT = re.compile(r"\d+")
+_RELEASE = re.compile(r"^\d+(\.\d+)*$")
 # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023"
 # "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  550.54.14  Release Build  (...)"
 _NVRM_VERSION = re.compile(r"Kernel Module(?:\s+for\s+\S+)?\s+(\d+\.\d+(?:\.\d+)?)\b")
@@ -46,6 +47,18 @@ def at_least(actual: str, minimum: str) -> bool:
     return have + (0,) * (width - len(have)) >= want + (0,) * (width - len(want))
 
 
+def same_version(locked: str, installed: str) -> bool:
+    """'13.0.3' and '13.0.3.0' are one release (PEP 440 pads with zeros); a local label must match."""
+    if locked == installed:
+        return True
+    (want, want_local), (have, have_local) = (v.partition("+")[::2] for v in (locked, installed))
+    if not (_RELEASE.match(want) and _RELEASE.match(have)):  # pre-releases and the like: exactly
+        return False
+    left, right = parse_version(want), parse_version(have)
+    width = max(len(left), len(right))
+    return left + (0,) * (width - len(left)) == right + (0,) * (width - len(right)) and want_local == have_local
+
+
 def cudnn_version_string(code: Optional[int]) -> Optional[str]:
     """torch.backends.cudnn.version() as text: 90100 -> '9.1.0', 8902 -> '8.9.2'.
 
@@ -61,7 +74,7 @@ def cudnn_version_string(code: Optional[int]) -> Optional[str]:
     return f"{major}.{minor}.{patch}"
 
 
-def nccl_version_string(version: Union[None, int, Sequence[Union[int, str]]]) -> Optional[str]:
+def nccl_version_string(version: Union[int, Sequence[Union[int, str]], None]) -> Optional[str]:
     """torch.cuda.nccl.version() as text: (2, 20, 5) -> '2.20.5'; old integer codes decoded too."""
     if version is None:
         return None

@@ -39,7 +39,7 @@ def nccl_version() -> Optional[str]:
         return None
 
 
-def compare(actual: "torch.Tensor", reference: "torch.Tensor", tolerance: float) -> Tuple[bool, float]:
+def compare(actual: torch.Tensor, reference: torch.Tensor, tolerance: float) -> Tuple[bool, float]:
     """Whether `actual` matches `reference` within `tolerance` relative to the reference's scale.
 
     Returns (ok, error) where error is max|actual - reference| / max|reference|: one number a

@@ -1,7 +1,7 @@
 """autograd: gradients that are known exactly, gradcheck against finite differences, and numerics."""
 from __future__ import annotations
 
-from typing import Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,28 +20,38 @@ class _BrokenAffine(torch.autograd.Function):
     """w*x + b with a wrong gradient for w: what a buggy kernel or custom op looks like."""
 
     @staticmethod
-    def forward(ctx, w, x, b):  # type: ignore[override]
+    def forward(ctx: Any, w: torch.Tensor, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(w, x)
         return w * x + b
 
     @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w, x = ctx.saved_tensors
         return grad * x * 2, grad * w, grad
 
 
-def _affine_for(fault) -> Callable[..., torch.Tensor]:
+Affine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _grad(leaf: torch.Tensor) -> torch.Tensor:
+    """A leaf's gradient after backward(); None there means autograd lost it: a failure, not a crash."""
+    if leaf.grad is None:
+        raise RuntimeError("backward() left a leaf without a gradient")
+    return leaf.grad
+
+
+def _affine_for(fault: Optional[str]) -> Affine:
     if fault == "broken-grad":
         return _BrokenAffine.apply
     return lambda w, x, b: w * x + b
 
 
-def _exact_gradients(found: Findings, affine) -> None:
+def _exact_gradients(found: Findings, affine: Affine) -> None:
     """loss = (w*x + b)^2 at x=3, w=2, b=1: dx = 2*7*2 = 28, dw = 2*7*3 = 42, db = 2*7 = 14, exactly."""
     x, w, b = (torch.tensor(value, dtype=torch.float64, requires_grad=True) for value in (3.0, 2.0, 1.0))
     loss = affine(w, x, b) ** 2
     loss.backward()
-    got = {"dx": float(x.grad), "dw": float(w.grad), "db": float(b.grad)}
+    got = {"dx": float(_grad(x)), "dw": float(_grad(w)), "db": float(_grad(b))}
     found.figures["exact_gradients"] = got
     expected = {"dx": 28.0, "dw": 42.0, "db": 14.0}
     wrong = [f"{name}={got[name]:g} (expected {value:g})" for name, value in expected.items() if got[name] != value]
@@ -49,7 +59,7 @@ def _exact_gradients(found: Findings, affine) -> None:
         found.fail("(w*x+b)^2 at x=3, w=2, b=1 gives wrong gradients: " + ", ".join(wrong))
 
 
-def _gradchecks(found: Findings, affine) -> None:
+def _gradchecks(found: Findings, affine: Affine) -> None:
     generator = torch.Generator().manual_seed(0)
 
     def leaf(*shape: int) -> torch.Tensor:
@@ -85,7 +95,7 @@ def _numerics(found: Findings) -> None:
     loss.backward()
     naive = -torch.log(torch.exp(logits.detach()) / torch.exp(logits.detach()).sum())[0, 0]
     found.figures.update({"cross_entropy_at_1000": float(loss), "naive_softmax_log_at_1000": repr(float(naive))})
-    if not (torch.isfinite(loss) and torch.isfinite(logits.grad).all()):
+    if not (torch.isfinite(loss) and torch.isfinite(_grad(logits)).all()):
         found.fail(f"cross_entropy on logits near 1000 is not finite ({float(loss)}): log-sum-exp is unstable")
     if torch.isfinite(naive):
         found.fail("naive softmax-then-log on logits near 1000 stayed finite: exp() does not overflow as IEEE says")
@@ -122,7 +132,7 @@ def _gpu_matches_cpu(found: Findings) -> str:
         leaves = [w.detach().to(device, copy=True).requires_grad_(True) for w in weights]
         out = torch.tanh(data.to(device) @ leaves[0].T) @ leaves[1].T
         out.pow(2).mean().backward()
-        return [leaf.grad.cpu() for leaf in leaves]
+        return [_grad(leaf).cpu() for leaf in leaves]
 
     cpu, gpu = gradients("cpu"), gradients("cuda")
     error = max(float((g - c).abs().max() / c.abs().max()) for g, c in zip(gpu, cpu))

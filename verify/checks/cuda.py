@@ -68,7 +68,7 @@ def _run_kernels(found: Findings, device: Dict[str, Any]) -> None:
     if not ok:
         found.fail(f"GPU {device['index']}: fp32 matmul differs from the CPU by {error:.2e} (tolerance "
                    f"{MATMUL_TOLERANCE:g}): the GPU or its libraries compute wrong results")
-    free, total_bytes = torch.cuda.mem_get_info(where)
+    free, _ = torch.cuda.mem_get_info(where)
     device["memory_free_gib"] = round(free / 2**30, 1)
 
 

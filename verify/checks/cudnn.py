@@ -1,7 +1,7 @@
 """cudnn: which cuDNN is loaded vs what torch was built with and the manifest promises; conv2d on GPU vs CPU."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 def _version_tuple(getter: str) -> Optional[Tuple[int, int, int]]:
     module = getattr(torch._C, "_cudnn", None)
     function = getattr(module, getter, None) if module is not None else None
-    return tuple(function()) if function else None  # type: ignore[return-value]
+    return tuple(function()) if function else None
 
 
 def _pretend_another_runtime() -> None:
@@ -75,7 +75,7 @@ def _conv_case(dtype: Optional[torch.dtype], device: torch.device) -> Tuple[bool
     bias = torch.randn(16, generator=generator, dtype=torch.float64)
     upstream = torch.randn(8, 16, 32, 32, generator=generator, dtype=torch.float64)
 
-    def forward_backward(inputs, autocast_dtype):
+    def forward_backward(inputs: List[torch.Tensor], autocast_dtype: Optional[torch.dtype]) -> List[torch.Tensor]:
         leaves = [t.clone().requires_grad_(True) for t in inputs]
         if autocast_dtype is None:
             out = F.conv2d(leaves[0], leaves[1], leaves[2], padding=1)
@@ -83,7 +83,10 @@ def _conv_case(dtype: Optional[torch.dtype], device: torch.device) -> Tuple[bool
             with torch.autocast(device_type="cuda", dtype=autocast_dtype):
                 out = F.conv2d(leaves[0], leaves[1], leaves[2], padding=1)
         out.backward(upstream.to(out.device, out.dtype))
-        return [out] + [leaf.grad for leaf in leaves]
+        grads = [leaf.grad for leaf in leaves]
+        if any(grad is None for grad in grads):
+            raise RuntimeError("conv2d backward left an input without a gradient")
+        return [out, *(grad for grad in grads if grad is not None)]
 
     reference = forward_backward([x, weight, bias], None)
     tested = forward_backward([t.to(device, torch.float32) for t in (x, weight, bias)], dtype)

@@ -53,7 +53,7 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}"[:300]
 
 
-def _connect(launch: ranks.Launch, timeout: timedelta) -> "dist.Store":
+def _connect(launch: ranks.Launch, timeout: timedelta) -> dist.Store:
     """The job's store: torchrun's agent serves one at MASTER_ADDR:MASTER_PORT; otherwise rank 0 does.
 
     wait_for_workers=False: rank 0 must not block here for a rank that never comes, or it could
@@ -64,7 +64,7 @@ def _connect(launch: ranks.Launch, timeout: timedelta) -> "dist.Store":
     return dist.PrefixStore(f"verify/{launch.run_id}", store)
 
 
-def _choose_backend(store: "dist.Store", launch: ranks.Launch, forced: Optional[str], missing: Optional[str]) -> str:
+def _choose_backend(store: dist.Store, launch: ranks.Launch, forced: Optional[str], missing: Optional[str]) -> str:
     """Rank 0 picks and posts it; every rank uses rank 0's choice, so a node without GPUs fails loudly
     instead of starting a gloo group the others, on NCCL, would never join."""
     if launch.rank == 0:
@@ -111,7 +111,7 @@ def blocking_wait_variables(environ: MutableMapping[str, str]) -> None:
         environ.setdefault(name, "1")
 
 
-def _work(launch: ranks.Launch, store: "dist.Store", backend: str, missing: Optional[str], fault: Optional[str],
+def _work(launch: ranks.Launch, store: dist.Store, backend: str, missing: Optional[str], fault: Optional[str],
           collective_timeout: timedelta) -> Dict[str, Any]:
     """This rank's part; never raises: what went wrong, and in which phase, goes into the record."""
     record: Dict[str, Any] = {"rank": launch.rank, "host": socket.gethostname(), "local_rank": launch.local_rank,
@@ -152,13 +152,13 @@ def _work(launch: ranks.Launch, store: "dist.Store", backend: str, missing: Opti
                                  for size in sizes}
         dist.barrier(**barrier)
         # No destroy_process_group(): it has no timeout, and gloo's (torch 2.4) hung on a busy host
-        # after the other rank had left. This process ends with os._exit (see _zygote), group and all.
+        # after the other rank had left. This process ends with os._exit (see forkserver), group and all.
     except Exception as err:  # the group may be broken now: no more collectives, just report
         record["error"] = f"{phase}: {_first_line(err)}"
     return record
 
 
-def _collect(store: "dist.Store", world: int, deadline: float) -> Dict[int, Dict[str, Any]]:
+def _collect(store: dist.Store, world: int, deadline: float) -> Dict[int, Dict[str, Any]]:
     """Every record that arrives before `deadline`, keyed by rank."""
     records: Dict[int, Dict[str, Any]] = {}
     while True:
@@ -170,7 +170,7 @@ def _collect(store: "dist.Store", world: int, deadline: float) -> Dict[int, Dict
         time.sleep(POLL_S)
 
 
-def _await_key(store: "dist.Store", key: str, deadline: float) -> Optional[bytes]:
+def _await_key(store: dist.Store, key: str, deadline: float) -> Optional[bytes]:
     while time.monotonic() < deadline:
         if store.check([key]):
             return store.get(key)

@@ -12,7 +12,7 @@ import os
 import platform
 import sys
 from types import ModuleType
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from verify import libs, packages, versions
 from verify.context import CheckContext
@@ -91,10 +91,10 @@ def _actual_versions(torch: ModuleType, cuda_major: Optional[str], cudnn: Option
 
 def _trusted_roots(torch: ModuleType) -> List[str]:
     """Where torch's own libraries live: its package and the nvidia-* wheels' namespace package."""
-    roots = [os.path.dirname(torch.__file__)]
+    roots = [os.path.dirname(torch.__file__ or "")]
     spec = importlib.util.find_spec("nvidia")
     if spec is not None and spec.submodule_search_locations:
-        roots.extend(spec.submodule_search_locations)
+        roots.extend(str(location) for location in spec.submodule_search_locations)
     roots.extend(os.path.join(entry, "nvidia") for entry in sys.path if entry)
     return roots
 
@@ -170,7 +170,7 @@ def _compare(ctx: CheckContext, found: Findings, torch: ModuleType) -> Outcome:
     return found.outcome(f"{len(compared)} versions match the manifest{tag}: {', '.join(compared)}{locked}")
 
 
-def _check_packages(found: Findings, locked: Dict[str, str]) -> None:
+def _check_packages(found: Findings, locked: Mapping[str, str]) -> None:
     """Every package of the image's CUDA torch must still be the one the image was built and verified with."""
     differences = packages.changed(locked, packages.installed_versions())
     said = [f"{name} {want} is no longer installed" if have is None else f"{name} is {have}, the image was built "

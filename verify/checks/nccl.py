@@ -45,7 +45,7 @@ def _rank_main(rank: int, world: int, backend: str, init_file: str, out_dir: str
         "rank": rank, "pid": os.getpid(), "value": float(tensor[0]), "expected": expected,
         "exact": bool((tensor == expected).all()),
     }
-    barrier = {"device_ids": [rank]} if backend == "nccl" else {}
+    barrier: Dict[str, Any] = {"device_ids": [rank]} if backend == "nccl" else {}
     if world > 1:  # gloo too, with a small buffer: the same collective code path, not a benchmark
         size = BANDWIDTH_BYTES if backend == "nccl" else CPU_BANDWIDTH_BYTES
         record["seconds"] = allreduce_seconds(device, size, BANDWIDTH_ITERATIONS, BANDWIDTH_WARMUP, barrier)

@@ -64,7 +64,7 @@ def explain_loader_failure(error: BaseException) -> str:
     return f"DataLoader with {WORKERS} workers failed: {type(error).__name__}: {first}"
 
 
-class _Tensors(Dataset):
+class _Tensors(Dataset):  # type: ignore[type-arg]  # Dataset is generic only in torch >= 2.2
     """Sample i is a 1 MiB tensor filled with i: each batch's sum is known exactly."""
 
     def __init__(self, fault: Optional[str]) -> None:

@@ -11,7 +11,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -73,13 +73,13 @@ def make_model() -> torch.nn.Module:
     )
 
 
-def _grad_scaler():
+def _grad_scaler() -> Any:
     if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
         return torch.amp.GradScaler("cuda")
     return torch.cuda.amp.GradScaler()
 
 
-def train(device: str, random_labels: bool = False) -> Dict[str, object]:
+def train(device: str, random_labels: bool = False) -> Dict[str, Any]:
     """Train on fresh synthetic batches; return the losses, held-out accuracy and throughput."""
     budget = BUDGET[device]
     torch.manual_seed(0)

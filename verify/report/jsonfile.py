@@ -24,7 +24,7 @@ def plain(value: Any) -> Any:
 
 
 def to_dict(report: Report) -> Dict[str, Any]:
-    return plain({
+    data: Dict[str, Any] = plain({
         "schema": SCHEMA,
         "fingerprint": report.fingerprint,
         "summary": {
@@ -39,6 +39,7 @@ def to_dict(report: Report) -> Dict[str, Any]:
         },
         "checks": [result.to_dict() for result in report.results],
     })
+    return data
 
 
 def render(report: Report) -> str:

@@ -2,7 +2,7 @@
 
 `exclusive` checks run with nothing beside them, because they measure bandwidth or throughput that
 a neighbour would skew. The others may overlap (two at a time, one CPU thread each; see
-`child._one_cpu_thread`), which keeps a full run short. train's images/s is a sanity figure, not a
+`check_process._one_cpu_thread`), which keeps a full run short. train's images/s is a sanity figure, not a
 benchmark: perf is the benchmark.
 
 `gang` checks run in every process of a distributed launch (torchrun, or any launcher that sets
@@ -28,10 +28,6 @@ class CheckSpec:
     opt_in: bool = False  # runs only when asked for (--perf, or named in --only)
     preload: Tuple[str, ...] = ()  # modules the runner imports once, before forking this check
     gang: bool = False  # runs on every rank of a distributed launch together (see the module docstring)
-
-    @property
-    def module(self) -> str:
-        return f"verify.checks.{self.name}"
 
 
 # torch.compile and every torch.optim optimizer import torch._dynamo on first use: seconds each time.

@@ -37,7 +37,6 @@ import sys
 import traceback
 from typing import Any, Dict, List, Optional, TextIO
 
-
 CUDA_ERROR_NOT_INITIALIZED = 3
 LIBCUDA_ENV = "VERIFY_LIBCUDA"  # which CUDA driver library to ask (default: the system's libcuda.so.1)
 
@@ -104,11 +103,11 @@ def _child(request: Dict[str, Any], channel_fd: int, parent: int, fresh: bool) -
         os.dup2(out, 2)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         if fresh:  # PR_SET_PDEATHSIG, the process group and the log survive exec
-            os.execv(sys.executable, [sys.executable, "-m", "verify.child", json.dumps(request)])
+            os.execv(sys.executable, [sys.executable, "-m", "verify.check_process", json.dumps(request)])
         faulthandler.enable()  # a segfault in a library leaves a Python stack in the log
-        from verify import child
+        from verify import check_process
 
-        child.write_result(child.run_check(request), request["result"])
+        check_process.write_result(check_process.run_check(request), request["result"])
         code = 0
     except BaseException:
         traceback.print_exc()

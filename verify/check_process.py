@@ -75,7 +75,7 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else "(no message)"
 
 
-if __name__ == "__main__":  # a fresh interpreter per check (see _zygote): the request is argv[1]
+if __name__ == "__main__":  # a fresh interpreter per check (see forkserver): the request is argv[1]
     faulthandler.enable()
     _request = json.loads(sys.argv[1])
     write_result(run_check(_request), _request["result"])
