@@ -1,7 +1,7 @@
 """Consistency of the committed images/matrix.json and images/cuda_drivers.json, read as plain JSON.
 
-These catch a hand edit or a refresh-tool bug without the network; the live check that the file
-matches wheel metadata is tests/test_refresh.py::test_live_refresh_of_torch_241_equals_committed_entry.
+These catch a hand edit or a generator bug without the network; the live check that the file
+matches wheel metadata is tests/test_matrixgen.py::test_live_refresh_of_torch_241_equals_committed_entry.
 """
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from pytorch_cuda import matrix
+from tools.matrixgen.__main__ import GENERATED_BY
+from verify import versions
+
 IMAGES = Path(__file__).resolve().parent.parent / "images"
 MATRIX = json.loads((IMAGES / "matrix.json").read_text())
 DRIVERS = json.loads((IMAGES / "cuda_drivers.json").read_text())
 BUILDS = MATRIX["builds"]
 
-BUILD_KEYS = {
-    "torch", "cuda", "index", "pythons", "torchvision", "torchaudio", "triton", "cuda_runtime",
-    "cudnn", "nccl", "cublas", "nvidia_packages", "archs", "archs_source", "toolkit_driver", "driver_floor",
-}
 VERSION = re.compile(r"^\d+(\.\d+)+$")
 PIN = re.compile(r"^\d+(\.\d+)+(\.\*)?$")  # CUDA 13's cuda-toolkit pins as ==13.0.96.*
 DRIVER = re.compile(r"^\d{3}(\.\d+){1,2}$")
@@ -33,18 +33,14 @@ PINNED_COMPONENTS = {
 }
 
 
-def vkey(version: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in version.split("."))
-
-
 def ids(builds):
     return [f"{b['torch']}-cu{b['cuda']}-{b['index']}" for b in builds]
 
 
 def test_document_header():
     assert set(MATRIX) == {"schema", "generated_by", "generated_on", "indexes", "builds"}
-    assert MATRIX["schema"] == 2
-    assert MATRIX["generated_by"] == "python -m pytorch_cuda.refresh"
+    assert MATRIX["schema"] == matrix.SCHEMA
+    assert MATRIX["generated_by"] == GENERATED_BY
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", MATRIX["generated_on"])
     assert MATRIX["indexes"]["pypi"] == "https://pypi.org/simple"
     assert {b["index"] for b in BUILDS} <= set(MATRIX["indexes"])
@@ -53,7 +49,7 @@ def test_document_header():
 def test_file_is_in_the_tools_canonical_form():
     text = (IMAGES / "matrix.json").read_text()
     assert text == json.dumps(MATRIX, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    order = [(vkey(b["torch"]), vkey(b["cuda"]), b["index"]) for b in BUILDS]
+    order = [(versions.parse_version(b["torch"]), versions.parse_version(b["cuda"]), b["index"]) for b in BUILDS]
     assert order == sorted(order)
 
 
@@ -64,8 +60,8 @@ def test_no_duplicate_build_keys():
 
 @pytest.mark.parametrize("build", BUILDS, ids=ids(BUILDS))
 def test_build_entry(build):
-    missing = BUILD_KEYS - set(build)
-    assert not missing, f"missing keys {sorted(missing)}"
+    missing, extra = matrix.ENTRY_KEYS - set(build), set(build) - matrix.ENTRY_KEYS
+    assert not missing and not extra, f"missing keys {sorted(missing)}, unknown keys {sorted(extra)}"
     assert VERSION.match(build["torch"]) and re.fullmatch(r"\d+\.\d+", build["cuda"])
 
     # CUDA is the major.minor of the runtime pin; every named pin is one of nvidia_packages.
@@ -91,7 +87,7 @@ def test_build_entry(build):
 
     pythons = build["pythons"]
     assert pythons and all(re.fullmatch(r"3\.\d+", p) for p in pythons)
-    assert pythons == sorted(set(pythons), key=vkey)
+    assert pythons == sorted(set(pythons), key=versions.parse_version)
 
     if build["archs"] is None:
         assert build["archs_source"] and build["archs_source"].startswith("not ")
@@ -110,14 +106,14 @@ def test_every_final_release_from_21_is_present():
     pypi = [b for b in BUILDS if b["index"] == "pypi"]
     by_minor: dict[tuple[int, int], set[int]] = defaultdict(set)
     for b in pypi:
-        major, minor, patch = vkey(b["torch"])
+        major, minor, patch = versions.parse_version(b["torch"])
         by_minor[(major, minor)].add(patch)
     minors = sorted(by_minor)
     assert minors[0] == (2, 1)
     assert minors == [(2, m) for m in range(1, minors[-1][1] + 1)]
     for minor, patches in by_minor.items():
         assert patches == set(range(max(patches) + 1)), f"torch {minor}: patches {sorted(patches)}"
-    assert all(vkey(b["torch"]) >= (2, 1) for b in BUILDS)
+    assert all(versions.parse_version(b["torch"]) >= (2, 1) for b in BUILDS)
 
 
 def test_known_facts():
@@ -146,13 +142,13 @@ def test_driver_table():
         per_minor[f"{m.group(1)}.{m.group(2)}"].append(driver)
     assert set(per_minor) == set(table)
     for minor, drivers in per_minor.items():
-        assert table[minor] == min(drivers, key=vkey), minor
+        assert table[minor] == min(drivers, key=versions.parse_version), minor
     # Newer CUDA never needs an older driver.
-    ordered = [table[m] for m in sorted(table, key=vkey)]
-    assert ordered == sorted(ordered, key=vkey)
+    ordered = [table[m] for m in sorted(table, key=versions.parse_version)]
+    assert ordered == sorted(ordered, key=versions.parse_version)
     floors = DRIVERS["minor_version_compatibility"]
     assert set(floors) >= {b["cuda"].split(".")[0] for b in BUILDS}
     for major, floor in floors.items():
         # NVIDIA: CUDA 11.0 shipped with an older driver than the later 11.x floor.
         same_major = [v for m, v in table.items() if m.split(".")[0] == major and m != "11.0"]
-        assert all(vkey(floor) <= vkey(v) for v in same_major), major
+        assert all(versions.parse_version(floor) <= versions.parse_version(v) for v in same_major), major

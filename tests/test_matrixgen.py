@@ -1,4 +1,5 @@
-"""The matrix refresh tool: pure parsing and selection, Range reading against a local server.
+"""The matrix generator (tools/matrixgen): pure parsing and selection, cross-checks, Range reading
+against a local server, and the command line.
 
 Only the last test goes to PyPI (marked ``network``): it regenerates the torch 2.4.1 entry and
 compares it with the committed one, which shows the file came from wheel metadata.
@@ -9,6 +10,7 @@ import http.server
 import io
 import json
 import re
+import ssl
 import threading
 import zipfile
 from pathlib import Path
@@ -17,25 +19,23 @@ from typing import Iterator
 import pytest
 from packaging.requirements import Requirement
 
-from pytorch_cuda import refresh
-from pytorch_cuda.refresh import (
+from pytorch_cuda import matrix
+from tools.matrixgen import RefreshError, crosschecks, entries, pins, wheelmeta
+from tools.matrixgen.__main__ import dump_matrix_json, main, merge, parse_index
+from tools.matrixgen.pins import (
     CompanionMatcher,
-    RefreshError,
     applicable_requirements,
     component_pin,
     cuda_from_runtime,
     cuda_of_version_py,
     exact_pin,
     find_arch_list,
-    merge,
     nvidia_pins,
-    parse_index,
     python_of_tag,
-    render,
     select_wheels,
     triton_pin,
 )
-from pytorch_cuda.wheelmeta import (
+from tools.matrixgen.wheelmeta import (
     Http,
     HttpError,
     HttpRangeFile,
@@ -46,6 +46,7 @@ from pytorch_cuda.wheelmeta import (
     parse_simple_json,
     parse_wheel_filename,
 )
+
 REPO = Path(__file__).resolve().parent.parent
 
 LINUX = 'platform_system == "Linux" and platform_machine == "x86_64"'
@@ -213,9 +214,9 @@ def test_select_wheels_picks_linux_x86_64_cpython_wheels():
     ]
     grouped = select_wheels(files, "torch")
     assert sorted(grouped) == ["2.4.1", "2.4.1+cu121", "2.5.0rc1"]
-    assert refresh.sort_pythons(grouped["2.4.1"]) == ["3.8", "3.10", "3.12"]
+    assert pins.sort_pythons(grouped["2.4.1"]) == ["3.8", "3.10", "3.12"]
     assert list(grouped["2.4.1+cu121"]) == ["3.11"]
-    assert not refresh.is_final("2.5.0rc1") and refresh.is_final("2.4.1+cu121")
+    assert not pins.is_final("2.5.0rc1") and pins.is_final("2.4.1+cu121")
 
 
 def test_select_wheels_prefers_the_highest_build_tag():
@@ -237,7 +238,7 @@ def test_wheel_filename_and_python_tags():
 
 
 def test_refresher_releases_and_pythons_from_a_file_list():
-    r = refresh.Refresher({"pypi": "https://pypi.example/simple"}, refresh.DriverTable({}, {}))
+    r = entries.Refresher({"pypi": "https://pypi.example/simple"}, pins.DriverTable({}, {}))
     r._files[("pypi", "torch")] = [
         _f("torch-2.0.1-cp311-cp311-manylinux1_x86_64.whl"),
         _f("torch-2.1.0-cp311-cp311-manylinux1_x86_64.whl"),
@@ -247,11 +248,38 @@ def test_refresher_releases_and_pythons_from_a_file_list():
         _f("torch-2.11.0.dev20260101-cp312-cp312-manylinux_2_28_x86_64.whl"),
     ]
     releases = r.releases("pypi", "2.1")
-    assert [(x.version, refresh.sort_pythons(x.wheels)) for x in releases] == [
+    assert [(x.version, pins.sort_pythons(x.wheels)) for x in releases] == [
         ("2.1.0", ["3.8", "3.11"]),
         ("2.10.0", ["3.12"]),
     ]
     assert [x.version for x in r.releases("pypi", "2.1", ["2.10.0"])] == ["2.10.0"]
+
+
+def test_ssl_context_trusts_the_projects_ca_file(monkeypatch, tmp_path):
+    """One precedence for the whole project: pytorch_cuda.ca's (PIP_CERT first), else the system's."""
+    pip_cert, ssl_cert = tmp_path / "pip.pem", tmp_path / "ssl.pem"
+    pip_cert.write_text("x")
+    ssl_cert.write_text("x")
+    seen = []
+    monkeypatch.setattr(ssl, "create_default_context", lambda cafile=None: seen.append(cafile))
+    for var in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ssl_cert))
+    monkeypatch.setenv("PIP_CERT", str(pip_cert))
+    wheelmeta.ssl_context()
+    monkeypatch.delenv("PIP_CERT")
+    wheelmeta.ssl_context()
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setattr(wheelmeta, "DEFAULT_CA_BUNDLE", str(tmp_path / "none.pem"))
+    wheelmeta.ssl_context()
+    assert seen == [str(pip_cert), str(ssl_cert), None]
+
+
+def test_pytorch_cuda_does_not_import_the_generator():
+    """The generator is the maintainer's side: builds never load it."""
+    for path in sorted((REPO / "pytorch_cuda").glob("*.py")):
+        text = path.read_text()
+        assert not re.search(r"^\s*(from|import)\s+tools\b", text, re.M), path.name
 
 
 # ----------------------------------------------------------- arch string
@@ -317,7 +345,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     honour_range = True
     log: list[str] = []
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+    def do_GET(self) -> None:
         self.log.append(f"{self.path} {self.headers.get('Range', '')}")
         if self.path not in self.files:
             self.send_error(404)
@@ -442,9 +470,8 @@ def test_metadata_pep658_first_then_wheel_by_range(server):
     assert wheel_obj.dist_info_member("METADATA") == "torch-2.4.1.dist-info/METADATA"
 
 
-def test_index_html_fallback_and_arch_read_end_to_end(server):
-    """A PEP 503-only index (like download.pytorch.org) read through Refresher.build."""
-    base, handler = server
+def _serve_cu121_index(handler: type[_Handler]) -> None:
+    """A PEP 503-only index (like download.pytorch.org/whl/cu121) with one torch wheel at /whl."""
     wheel, _ = _wheel_bytes()
     name = "torch-2.4.1+cu121-cp312-cp312-linux_x86_64.whl"
     handler.files[f"/whl/{name.replace('+', '%2B')}"] = (wheel, "application/zip")
@@ -457,17 +484,94 @@ def test_index_html_fallback_and_arch_read_end_to_end(server):
         handler.files[f"/whl/{project}/"] = (f'<a href="/whl/{comp}">{comp}</a>'.encode(), "text/html")
         handler.files[f"/whl/{comp}.metadata"] = (
             f"Name: {project}\nVersion: {version}\nRequires-Dist: torch==2.4.1\n".encode(), "text/plain")
-    drivers = refresh.DriverTable({"12.1": "530.30.02"}, {"12": "525.60.13"})
-    r = refresh.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0))
+
+
+def test_index_html_fallback_and_arch_read_end_to_end(server):
+    """A PEP 503-only index (like download.pytorch.org) read through Refresher.build."""
+    base, handler = server
+    _serve_cu121_index(handler)
+    drivers = pins.DriverTable({"12.1": "530.30.02"}, {"12": "525.60.13"})
+    r = entries.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0))
     builds = r.run("2.1")
     assert len(builds) == 1
     b = builds[0]
+    assert set(b) == matrix.ENTRY_KEYS
     assert (b["torch"], b["cuda"], b["index"], b["pythons"]) == ("2.4.1", "12.1", "cu121", ["3.12"])
     assert (b["torchvision"], b["torchaudio"], b["triton"]) == ("0.19.1", "2.4.1", "3.0.0")
     assert b["archs"] == ["sm_75", "sm_80", "sm_90"]
     assert b["archs_source"] == "torch/lib/libtorch_python.so"
     assert b["toolkit_driver"] == "530.30.02" and b["driver_floor"] == "525.60.13"
     assert b["cudnn"] == "9.1.0.70"
+
+
+def test_command_line_writes_then_checks_the_file(server, tmp_path):
+    """`python -m tools.matrixgen`: exit 0 written or current, 1 out of date under --check, 2 errors."""
+    base, handler = server
+    _serve_cu121_index(handler)
+    drivers = tmp_path / "cuda_drivers.json"
+    drivers.write_text(json.dumps({"toolkit_driver": {"12.1": "530.30.02"},
+                                   "minor_version_compatibility": {"12": "525.60.13"}}))
+    out = tmp_path / "matrix.json"
+    args = ["--index", f"cu121={base}/whl", "--drivers", str(drivers), "--output", str(out)]
+    assert main([*args, "--check"]) == 1 and not out.exists()
+    assert main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == matrix.SCHEMA and out.read_text() == dump_matrix_json(doc)
+    assert [(b["torch"], b["cuda"], b["index"]) for b in doc["builds"]] == [("2.4.1", "12.1", "cu121")]
+    assert main([*args, "--check", "--only-torch", "2.4.1"]) == 0
+    out.write_text(out.read_text().replace('"530.30.02"', '"530.30.01"'))
+    assert main([*args, "--check"]) == 1
+    assert main([*args, "--only-torch", "2.9.9"]) == 2  # no such release on the index
+    assert main([*args, "--since", "two"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+
+
+# ----------------------------------------------------------- cross-checks
+
+
+def test_crosschecks_accept_agreeing_facts():
+    nvidia = {"nvidia-cuda-runtime-cu12": "12.1.105", "nvidia-cudnn-cu12": "9.1.0.70"}
+    assert crosschecks.nvidia_pins_agree("2.4.1", "pypi", {"3.11": nvidia, "3.12": dict(nvidia)}) == nvidia
+    assert crosschecks.runtime_pin("2.4.1", nvidia) == "12.1.105"
+    assert crosschecks.single_triton_pin("2.4.1", {"3.0.0"}) == "3.0.0"
+    assert crosschecks.single_triton_pin("2.4.1", set()) is None
+    crosschecks.cuda_agrees("2.4.1+cu121", "12.1", "12.1")
+    crosschecks.cuda_agrees("2.4.1", "12.1", None)
+    crosschecks.arch_tokens_valid("t.whl", ["sm_90a", "compute_90"])
+    crosschecks.no_duplicate_keys([("2.4.1", "12.1", "pypi"), ("2.4.1", "12.1", "cu121")])
+
+
+@pytest.mark.parametrize(
+    "check, message",
+    [
+        (lambda: crosschecks.nvidia_pins_agree(
+            "2.4.1", "pypi", {"3.11": {"nvidia-nccl-cu12": "1"}, "3.12": {"nvidia-nccl-cu12": "2"}}),
+         "torch 2.4.1 on pypi: NVIDIA pins differ between python wheels"),
+        (lambda: crosschecks.nvidia_pins_agree(
+            "2.4.1", "pypi", {"3.11": {"nvidia-nccl-cu12": "1"}, "3.12": {}}),
+         "torch 2.4.1 on pypi: NVIDIA pins differ between python wheels"),
+        (lambda: crosschecks.runtime_pin("2.4.1", {"nvidia-nccl-cu12": "1"}),
+         "torch 2.4.1: NVIDIA pins but no nvidia-cuda-runtime"),
+        (lambda: crosschecks.single_triton_pin("2.4.1", {"3.0.0", "2.3.1"}),
+         "torch 2.4.1: several triton pins ['2.3.1', '3.0.0']"),
+        (lambda: crosschecks.cuda_agrees("2.4.1", "12.1", "12.4"),
+         "torch 2.4.1: runtime pin says CUDA 12.1, torch/version.py says 12.4"),
+        (lambda: crosschecks.cuda_agrees("2.4.1+cu118", "12.1", None),
+         "torch 2.4.1+cu118: local label disagrees with CUDA 12.1"),
+        (lambda: crosschecks.arch_tokens_valid("t.whl", ["sm_90", "gfx90a"]),
+         "t.whl: odd arch list ['sm_90', 'gfx90a']"),
+        (lambda: crosschecks.no_duplicate_keys([("2.4.1", "12.1", "pypi")] * 2),
+         "two builds share the key ('2.4.1', '12.1', 'pypi')"),
+        (lambda: crosschecks.entry_keys_exact({"torch": "2.4.1", "z": 1}),
+         "torch 2.4.1: entry keys differ from matrix.ENTRY_KEYS"),
+    ],
+)
+def test_crosschecks_name_the_release_and_the_disagreement(check, message):
+    with pytest.raises(RefreshError) as exc:
+        check()
+    assert str(exc.value).startswith(message)
 
 
 # -------------------------------------------------------------- companions
@@ -514,11 +618,12 @@ def _entry(torch: str, cuda: str, index: str = "pypi") -> dict:
     return {"torch": torch, "cuda": cuda, "index": index, "pythons": ["3.12"], "z": 1, "a": 2}
 
 
-def test_render_is_deterministic_and_sorted():
+def test_dump_matrix_json_is_deterministic_and_sorted():
     doc = merge(None, [_entry("2.10.0", "12.8"), _entry("2.9.0", "12.8"), _entry("2.9.0", "12.6")],
                 {"pypi": "https://pypi.org/simple"}, lambda b: True, "2026-01-02")
-    text = render(doc)
-    assert text == render(json.loads(text)) and text.endswith("}\n") and not text.endswith("\n\n")
+    text = dump_matrix_json(doc)
+    assert doc["schema"] == matrix.SCHEMA
+    assert text == dump_matrix_json(json.loads(text)) and text.endswith("}\n") and not text.endswith("\n\n")
     assert [(b["torch"], b["cuda"]) for b in doc["builds"]] == [
         ("2.9.0", "12.6"), ("2.9.0", "12.8"), ("2.10.0", "12.8")]
     assert list(json.loads(text)) == sorted(json.loads(text))
@@ -530,7 +635,7 @@ def test_merge_keeps_date_when_nothing_changed_and_entries_out_of_scope():
     old = merge(None, [_entry("2.4.1", "12.1"), _entry("2.5.0", "12.4")], indexes,
                 lambda b: True, "2026-01-01")
     again = merge(old, [_entry("2.4.1", "12.1")], indexes, lambda b: b["torch"] == "2.4.1", "2026-02-02")
-    assert render(again) == render(old)  # 2.5.0 kept, date kept: no diff
+    assert dump_matrix_json(again) == dump_matrix_json(old)  # 2.5.0 kept, date kept: no diff
     changed = dict(_entry("2.4.1", "12.1"), z=3)
     new = merge(old, [changed], indexes, lambda b: b["torch"] == "2.4.1", "2026-02-02")
     assert new["generated_on"] == "2026-02-02" and len(new["builds"]) == 2
@@ -547,9 +652,9 @@ def test_merge_keeps_date_when_nothing_changed_and_entries_out_of_scope():
 def test_live_refresh_of_torch_241_equals_committed_entry():
     committed = json.loads((REPO / "images" / "matrix.json").read_text())
     entry = next(b for b in committed["builds"] if b["torch"] == "2.4.1" and b["index"] == "pypi")
-    drivers = refresh.read_drivers(REPO / "images" / "cuda_drivers.json")
+    drivers = pins.read_drivers(REPO / "images" / "cuda_drivers.json")
     try:
-        builds = refresh.Refresher({"pypi": refresh.PYPI_SIMPLE}, drivers).run("2.1", ["2.4.1"])
+        builds = entries.Refresher({"pypi": wheelmeta.PYPI_SIMPLE}, drivers).run("2.1", ["2.4.1"])
     except HttpError as exc:
         if exc.status is None:
             pytest.skip(f"PyPI not reachable: {exc}")

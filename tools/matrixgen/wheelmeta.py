@@ -13,7 +13,6 @@ import html.parser
 import io
 import json
 import logging
-import os
 import re
 import ssl
 import threading
@@ -23,13 +22,17 @@ import urllib.parse
 import urllib.request
 import zipfile
 from email.parser import HeaderParser
+from pathlib import Path
+from typing import IO, Any
+
+from pytorch_cuda.ca import find_ca_file
 
 logger = logging.getLogger(__name__)
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 SIMPLE_JSON = "application/vnd.pypi.simple.v1+json"
 DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
-USER_AGENT = "pytorch_cuda-refresh/1"
+USER_AGENT = "pytorch_cuda-matrixgen/1"
 
 
 class WheelMetaError(Exception):
@@ -48,14 +51,15 @@ class HttpError(WheelMetaError):
 
 
 def ssl_context() -> ssl.SSLContext:
-    """An SSL context trusting the CA bundle named by the usual env vars (proxies re-sign TLS)."""
-    for var in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "CURL_CA_BUNDLE"):
-        path = os.environ.get(var)
-        if path and os.path.isfile(path):
-            return ssl.create_default_context(cafile=path)
-    if os.path.isfile(DEFAULT_CA_BUNDLE):
-        return ssl.create_default_context(cafile=DEFAULT_CA_BUNDLE)
-    return ssl.create_default_context()
+    """An SSL context trusting the project's CA bundle, else the system one (proxies re-sign TLS).
+
+    The bundle is the one ``build.py`` hands to pip (:func:`pytorch_cuda.ca.find_ca_file`), so one
+    precedence of PIP_CERT, SSL_CERT_FILE and REQUESTS_CA_BUNDLE holds for the whole project.
+    """
+    path = find_ca_file(None)
+    if path is None and Path(DEFAULT_CA_BUNDLE).is_file():
+        path = Path(DEFAULT_CA_BUNDLE)
+    return ssl.create_default_context(cafile=None if path is None else str(path))
 
 
 @dataclasses.dataclass
@@ -257,7 +261,7 @@ class RemoteWheel:
     def read(self, name: str) -> bytes:
         return self.zip.read(name)
 
-    def open(self, name: str) -> zipfile.ZipExtFile:
+    def open(self, name: str) -> IO[bytes]:
         return self.zip.open(name)
 
     @property
@@ -337,7 +341,7 @@ def parse_simple_html(text: str, page_url: str) -> list[IndexFile]:
     return files
 
 
-def parse_simple_json(data: dict, page_url: str) -> list[IndexFile]:
+def parse_simple_json(data: dict[str, Any], page_url: str) -> list[IndexFile]:
     """Files of a PEP 691 JSON project page."""
     files = []
     for f in data.get("files", []):

@@ -1,0 +1,276 @@
+"""Turn each torch release of an index into one matrix entry.
+
+One entry per (torch, CUDA, index): the pins from every python wheel's metadata, the arch list and
+``torch/version.py`` read by Range from the newest python's wheel, the matching torchvision and
+torchaudio, the drivers. Releases are read in parallel threads; index pages and metadata are
+fetched once and shared.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Iterable, Mapping, Sequence
+
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from . import RefreshError, crosschecks
+from .pins import (
+    ARCH_MEMBER,
+    VERSION_MEMBER,
+    CompanionMatcher,
+    DriverTable,
+    component_pin,
+    cuda_from_runtime,
+    cuda_of_version_py,
+    find_arch_list,
+    is_final,
+    nvidia_pins,
+    public_version,
+    select_wheels,
+    sort_pythons,
+    triton_pin,
+)
+from .wheelmeta import (
+    PYPI_SIMPLE,
+    Http,
+    HttpError,
+    IndexFile,
+    MetadataReader,
+    RemoteWheel,
+    WheelMetaError,
+    parse_wheel_filename,
+    project_files,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Above this the arch list is not read (the entry says so): 7-10 MB in 2.1 .. 2.15 wheels.
+ARCH_MEMBER_MAX_COMPRESSED = 60 * 1024 * 1024
+COMPANIONS = ("torchvision", "torchaudio")
+
+
+@dataclasses.dataclass
+class TorchRelease:
+    version: str  # as in the file names, local label included ("2.4.1+cu121")
+    index: str
+    wheels: dict[str, IndexFile]  # python -> wheel
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleasePins:
+    """What a CUDA release's metadata pins, the same for each of its python wheels."""
+
+    pythons: list[str]
+    nvidia: dict[str, str]
+    runtime: str
+    cuda: str
+    triton: str | None
+
+
+def build_key(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    return (entry["torch"], entry["cuda"], entry["index"])
+
+
+def sort_builds(builds: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """PEP 440 order of torch, then CUDA, then index name: the file's order."""
+    return sorted(builds, key=lambda b: (Version(b["torch"]), Version(b["cuda"]), b["index"]))
+
+
+class Refresher:
+    """Turns one index's torch releases into matrix entries."""
+
+    def __init__(
+        self,
+        indexes: Mapping[str, str],
+        drivers: DriverTable,
+        http: Http | None = None,
+        jobs: int = 8,
+    ) -> None:
+        self.indexes = {name: url.rstrip("/") for name, url in indexes.items()}
+        self.drivers = drivers
+        self.http = http or Http()
+        self.meta = MetadataReader(self.http)
+        self.jobs = jobs
+        self._files: dict[tuple[str, str], list[IndexFile]] = {}
+        self._companions: dict[tuple[str, str], CompanionMatcher] = {}
+        self._lock = threading.RLock()
+
+    # -- index access
+    def files(self, index: str, project: str) -> list[IndexFile]:
+        key = (index, canonicalize_name(project))
+        with self._lock:  # worker threads look up cuda-toolkit; fetch each page once
+            if key not in self._files:
+                self._files[key] = project_files(self.indexes[index], key[1], self.http)
+            return self._files[key]
+
+    def files_anywhere(self, index: str, project: str) -> list[IndexFile]:
+        """The project's files on ``index``, else on PyPI (per-CUDA indexes mirror few)."""
+        try:
+            files = self.files(index, project)
+        except HttpError as exc:
+            if exc.status != 404:
+                raise
+            files = []
+        if not files and self.indexes[index] != PYPI_SIMPLE:
+            logger.info("%s not on %s, using PyPI", project, index)
+            with self._lock:
+                key = ("", canonicalize_name(project))
+                if key not in self._files:
+                    self._files[key] = project_files(PYPI_SIMPLE, key[1], self.http)
+                files = self._files[key]
+        return files
+
+    def meta_package(self, index: str, name: str, version: str) -> str:
+        """Metadata of a pure-python meta-package (``cuda-toolkit==13.0.2``).
+
+        Versions compare as PEP 440 does: the pin ``13.0.3`` is met by ``13.0.3.0``.
+        """
+        spec = SpecifierSet(f"=={version}")
+        hits = []
+        for f in self.files_anywhere(index, name):
+            w = parse_wheel_filename(f.filename)
+            if w and not f.yanked and spec.contains(w.version, prereleases=True):
+                hits.append((Version(w.version), f.filename, f))
+        if not hits:
+            raise RefreshError(f"{name}=={version} has no wheel on {index} or PyPI")
+        return self.meta.metadata(max(hits, key=lambda h: h[:2])[2])
+
+    def releases(self, index: str, since: str, only: Sequence[str] = ()) -> list[TorchRelease]:
+        grouped = select_wheels(self.files(index, "torch"), "torch")
+        floor = Version(since)
+        out = []
+        for version, wheels in grouped.items():
+            if not is_final(version) or Version(public_version(version)) < floor:
+                continue
+            if only and public_version(version) not in only:
+                continue
+            out.append(TorchRelease(version, index, wheels))
+        return sorted(out, key=lambda r: Version(r.version))
+
+    def companion(self, index: str, project: str) -> CompanionMatcher:
+        key = (index, project)
+        if key not in self._companions:
+            self._companions[key] = CompanionMatcher(
+                project,
+                self.files_anywhere(index, project),
+                self.meta.metadata,
+                same_version_fallback=(project == "torchaudio"),
+            )
+        return self._companions[key]
+
+    def read_wheel_members(self, wheel: IndexFile) -> tuple[list[str] | None, str, str | None]:
+        """(archs, archs_source, cuda of torch/version.py) read by Range from one wheel."""
+        remote = RemoteWheel(wheel.url, self.http)
+        version_py_cuda = None
+        if VERSION_MEMBER in remote.names():
+            version_py_cuda = cuda_of_version_py(remote.read(VERSION_MEMBER).decode())
+        if ARCH_MEMBER not in remote.names():
+            return None, f"not found: {wheel.filename} has no {ARCH_MEMBER}", version_py_cuda
+        info = remote.info(ARCH_MEMBER)
+        if info.compress_size > ARCH_MEMBER_MAX_COMPRESSED:
+            return None, (
+                f"not read: {ARCH_MEMBER} is {info.compress_size} bytes compressed"
+            ), version_py_cuda
+        archs = find_arch_list(remote.read(ARCH_MEMBER))
+        logger.debug("%s: read %d bytes by Range", wheel.filename, remote.fetched)
+        if archs is None:
+            return None, f"not found: no single arch-list string in {ARCH_MEMBER}", version_py_cuda
+        crosschecks.arch_tokens_valid(wheel.filename, archs)
+        return archs, ARCH_MEMBER, version_py_cuda
+
+    # -- one release
+    def read_pins(self, rel: TorchRelease) -> ReleasePins | None:
+        """The pins of every python wheel, checked to agree; None for a CPU-only release."""
+        pythons = sort_pythons(rel.wheels)
+        per_python: dict[str, dict[str, str]] = {}
+        tritons: set[str] = set()
+
+        def expand(name: str, version: str, extras: frozenset[str]) -> str:
+            return self.meta_package(rel.index, name, version)
+
+        for py in pythons:
+            text = self.meta.metadata(rel.wheels[py])
+            per_python[py] = nvidia_pins(text, py, expand)
+            pin = triton_pin(text, py)
+            if pin:
+                tritons.add(pin)
+        if not any(per_python.values()):
+            logger.info("torch %s on %s pins no NVIDIA package: not a CUDA build", rel.version,
+                        rel.index)
+            return None
+        nvidia = crosschecks.nvidia_pins_agree(rel.version, rel.index, per_python)
+        runtime = crosschecks.runtime_pin(rel.version, nvidia)
+        cuda = cuda_from_runtime(runtime)
+        triton = crosschecks.single_triton_pin(rel.version, tritons)
+        return ReleasePins(pythons, nvidia, runtime, cuda, triton)
+
+    def build(self, rel: TorchRelease) -> dict[str, Any] | None:
+        """The matrix entry of one torch release, or None for a CPU-only release."""
+        pins = self.read_pins(rel)
+        if pins is None:
+            return None
+        archs, archs_source, version_py_cuda = self.read_wheel_members(rel.wheels[pins.pythons[-1]])
+        crosschecks.cuda_agrees(rel.version, pins.cuda, version_py_cuda)
+        return self.entry(rel, pins, archs, archs_source)
+
+    def entry(
+        self, rel: TorchRelease, pins: ReleasePins, archs: list[str] | None, archs_source: str
+    ) -> dict[str, Any]:
+        """The entry as the file holds it, with exactly ``pytorch_cuda.matrix.ENTRY_KEYS``."""
+        torch_version = public_version(rel.version)
+        vision = self.companion(rel.index, "torchvision").match(torch_version)
+        audio = self.companion(rel.index, "torchaudio").match(torch_version)
+        entry = {
+            "torch": torch_version,
+            "cuda": pins.cuda,
+            "index": rel.index,
+            "pythons": pins.pythons,
+            "torchvision": vision.version and public_version(vision.version),
+            "torchvision_match": vision.how,
+            "torchaudio": audio.version and public_version(audio.version),
+            "torchaudio_match": audio.how,
+            "triton": pins.triton,
+            "cuda_runtime": pins.runtime,
+            "cudnn": component_pin(pins.nvidia, "nvidia-cudnn"),
+            "nccl": component_pin(pins.nvidia, "nvidia-nccl"),
+            "cublas": component_pin(pins.nvidia, "nvidia-cublas"),
+            "nvidia_packages": dict(sorted(pins.nvidia.items())),
+            "archs": archs,
+            "archs_source": archs_source,
+            "toolkit_driver": self.drivers.toolkit_driver(pins.cuda),
+            "driver_floor": self.drivers.floor(pins.cuda),
+        }
+        crosschecks.entry_keys_exact(entry)
+        return entry
+
+    # -- everything
+    def run(self, since: str, only: Sequence[str] = ()) -> list[dict[str, Any]]:
+        releases = [r for index in self.indexes for r in self.releases(index, since, only)]
+        if only and not releases:
+            raise RefreshError(f"no torch release {', '.join(only)} on {', '.join(self.indexes)}")
+        logger.info("%d torch releases to read", len(releases))
+        # Companion matching shares caches: load the project pages before the threads start.
+        for index in self.indexes:
+            for project in COMPANIONS:
+                self.companion(index, project)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            results = list(pool.map(self._build_logged, releases))
+        builds = [b for b in results if b is not None]
+        crosschecks.no_duplicate_keys(build_key(b) for b in builds)
+        return sort_builds(builds)
+
+    def _build_logged(self, rel: TorchRelease) -> dict[str, Any] | None:
+        start = time.monotonic()
+        try:
+            entry = self.build(rel)
+        except (WheelMetaError, RefreshError) as exc:
+            raise RefreshError(f"torch {rel.version} on {rel.index}: {exc}") from exc
+        logger.info("torch %s on %s: %s (%.1f s)", rel.version, rel.index,
+                    f"CUDA {entry['cuda']}" if entry else "no CUDA", time.monotonic() - start)
+        return entry
