@@ -66,7 +66,7 @@ def main() -> None:
     client = docker.from_env(timeout=3600)
     m = matrix.load()
     build = m.resolve(cuda=args.cuda)
-    specs = {s.variant: s for s in plan.plan(m, [build])}
+    specs = {s.variant: s for s in plan.image_specs(m, [build])}
     runtime = specs["runtime"]
     figures: list[tuple[str, str]] = []
 

@@ -26,8 +26,8 @@ from typing import Any, Dict, List
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pytorch_cuda import docker_build, matrix, plan, render  # noqa: E402
-from pytorch_cuda.progress import format_seconds, format_size, table  # noqa: E402
+from pytorch_cuda import engine, matrix, plan, render  # noqa: E402
+from pytorch_cuda.tables import format_seconds, format_size, table  # noqa: E402
 
 PROBE = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, "
          "'cudnn': torch.backends.cudnn.version(), 'nccl': list(torch.cuda.nccl.version())[:3]}))")
@@ -44,7 +44,7 @@ def in_container(client, tag: str, script: str, timeout: int = 600) -> tuple[int
 
 def soak_line(client, m: matrix.Matrix, cuda: str) -> Dict[str, Any]:
     build = m.resolve(cuda=cuda)
-    spec = plan.plan(m, [build], variants=("runtime",))[0]
+    spec = plan.image_specs(m, [build], variants=("runtime",))[0]
     promise = render.image_manifest(spec)
     record: Dict[str, Any] = {"cuda": cuda, "tag": spec.tag, "torch": build.torch, "python": spec.python}
     images_before = {image.id for image in client.images.list(all=True)}
@@ -58,7 +58,7 @@ def soak_line(client, m: matrix.Matrix, cuda: str) -> Dict[str, Any]:
     if done.returncode != 0:
         record["build_error"] = (done.stderr or done.stdout).strip().splitlines()[-3:]
         return record
-    record["size_bytes"] = docker_build.image_size(client, spec.tag)
+    record["size_bytes"] = int(client.api.inspect_image(spec.tag)["Size"])
 
     code, out = in_container(client, spec.tag, "verify --json /tmp/r.json >/dev/null 2>&1; echo \"exit=$?\"; "
                                                "cat /tmp/r.json")
@@ -94,7 +94,7 @@ def main() -> int:
     args = parser.parse_args()
     m = matrix.load()
     lines = args.lines.split(",") if args.lines else m.cuda_versions()
-    client = docker_build.connect()
+    client = engine.connect().client
     revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     results: List[Dict[str, Any]] = []
     document = {"date": today, "revision": revision, "machine": f"{platform.node()} {platform.machine()}, "

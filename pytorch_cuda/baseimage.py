@@ -6,25 +6,22 @@ pull it, so the rendered Dockerfiles need no change.
 """
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import docker
-import docker.errors
-import requests.exceptions
-
+from . import refs
 from .errors import BaseImageError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # the engine is handed in: this module needs no Docker SDK
+    from .engine import Engine
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-# debian:<suite>[-slim], also under a registry or namespace prefix (a site's own mirror of it).
-_DEBIAN = re.compile(r"^(?:[^:]+/)?debian:(?P<suite>[a-z]+)(?P<slim>-slim)?$")
+# The tag of debian:<suite>[-slim], also under a registry or namespace prefix (a site's own mirror).
+_DEBIAN_TAG = re.compile(r"^(?P<suite>[a-z]+)(?P<slim>-slim)?$")
 # What Debian's own -slim images leave out.
 SLIM_EXCLUDES = (
     "path-exclude=/usr/share/man/*",
@@ -61,26 +58,8 @@ def write_apt_config(directory: Path) -> list[Path]:
 
 def debian_suite(image: str) -> str | None:
     """'debian:bookworm-slim' -> 'bookworm'; None for images we cannot make."""
-    match = _DEBIAN.match(image)
+    match = _DEBIAN_TAG.match(refs.tag_of(image)) if refs.repository_name(image) == "debian" else None
     return match.group("suite") if match else None
-
-
-def exists_locally(client: docker.DockerClient, image: str) -> bool:
-    try:
-        client.api.inspect_image(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-
-
-def try_pull(client: docker.DockerClient, image: str) -> str | None:
-    """Pull `image`; None on success, else the registry's reason in one line."""
-    repository, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "latest")
-    try:
-        client.api.pull(repository, tag=tag or "latest")
-        return None
-    except (docker.errors.APIError, requests.exceptions.RequestException) as err:
-        return " ".join(str(err).split())[:200]
 
 
 def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_config: list[Path]) -> list[str]:
@@ -104,7 +83,7 @@ def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_con
 
 
 def make_debian_image(
-    client: docker.DockerClient, image: str, mirror: str = DEFAULT_MIRROR, say: Callable[[str], None] = print
+    engine: Engine, image: str, mirror: str = DEFAULT_MIRROR, say: Callable[[str], None] = print
 ) -> None:
     """Make `image` (debian:<suite>[-slim]) from Debian packages and import it under that name."""
     suite = debian_suite(image)
@@ -128,13 +107,8 @@ def make_debian_image(
             _run(["tar", "-C", str(rootfs), "-cf", str(target), "."], image)
         else:
             _run(command, image)
-        repository, _, tag = image.rpartition(":")
-        # From the file: docker-py's import_image_from_stream sends a malformed chunked body.
-        try:
-            client.api.import_image_from_file(str(target), repository=repository, tag=tag, changes=['CMD ["bash"]'])
-        except (docker.errors.APIError, requests.exceptions.RequestException) as err:
-            raise BaseImageError(f"docker import of {image} failed: {' '.join(str(err).split())[:200]}") from None
-    if not exists_locally(client, image):
+        engine.import_rootfs(str(target), image)
+    if not engine.exists(image):
         raise BaseImageError(f"imported {image} but the daemon does not list it")
 
 
@@ -146,7 +120,7 @@ def _run(command: list[str], image: str) -> None:
 
 
 def ensure_base_image(
-    client: docker.DockerClient,
+    engine: Engine,
     image: str,
     make: bool = False,
     mirror: str = DEFAULT_MIRROR,
@@ -156,12 +130,12 @@ def ensure_base_image(
 
     `make=True` builds it from Debian packages even when a copy exists (--bootstrap-base).
     """
-    if not make and exists_locally(client, image):
+    if not make and engine.exists(image):
         return "local"
     if not make:
-        reason = try_pull(client, image)
+        reason = engine.pull(image)
         if reason is None:
             return "pulled"
         say(f"could not pull {image} ({reason}); making it locally instead")
-    make_debian_image(client, image, mirror, say)
+    make_debian_image(engine, image, mirror, say)
     return "made"

@@ -10,9 +10,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import refs
 from .errors import UsageError
 from .plan import IMAGE_GID, IMAGE_UID
-from .render import TEMPLATES_DIR, _environment  # the one strict Jinja environment (StrictUndefined)
+from .render import TEMPLATES_DIR, environment
 
 TEMPLATE = "k8s/verify-job.yaml.j2"
 RENDEZVOUS_PORT = 29500  # torchrun's default --master-port
@@ -38,10 +39,8 @@ def job_name(image: str, nodes: int = 1) -> str:
     Short enough that '<name>-<index>' stays a DNS label, and starts with a letter, as a Service
     name must.
     """
-    reference = image.split("@", 1)[0]
-    last = reference.rsplit("/", 1)[-1]
-    tag = last.split(":", 1)[1] if ":" in last else last
-    stem = re.sub(r"[^a-z0-9]+", "-", tag.lower()).strip("-")
+    tag = refs.split(image, default_tag="")[1]
+    stem = re.sub(r"[^a-z0-9]+", "-", (tag or refs.repository_name(image)).lower()).strip("-")
     room = DNS_LABEL - len(f"-{max(nodes - 1, 0)}")
     return f"verify-{stem}"[:room].rstrip("-") if stem else "verify"
 
@@ -79,7 +78,7 @@ def render_verify_job(job: VerifyJob, templates_dir: Path = TEMPLATES_DIR) -> st
     """The Service and the Job, as one YAML stream for `kubectl apply -f -`."""
     name = _check(job)
     master_addr = f"{name}-0.{name}"
-    return _environment(templates_dir).get_template(TEMPLATE).render(
+    return environment(templates_dir).get_template(TEMPLATE).render(
         name=name,
         image=job.image,
         nodes=job.nodes,

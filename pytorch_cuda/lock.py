@@ -81,7 +81,7 @@ def run(argv: list[str] | None = None) -> int:
     else:
         parser.error("say which tags: --cuda, --torch or --all")
     changed = []
-    for spec in plan.plan(m, builds, variants=LOCKED_VARIANTS):
+    for spec in plan.image_specs(m, builds, variants=LOCKED_VARIANTS):
         text = lock_text(spec, m.variant_packages.get(spec.variant, ()), spec.directory / "runtime.lock")
         path = spec.lock
         if not path.exists() or path.read_text() != text:

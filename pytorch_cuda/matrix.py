@@ -1,29 +1,35 @@
 """The compatibility matrix: typed records loaded from images/*.json, and version resolution.
 
-The same `Build` objects feed rendering, tagging, the CLI's --list and the tests, so there is one
-list of what exists (images/matrix.json, regenerated from wheel metadata by pytorch_cuda.refresh).
+The same `MatrixEntry` objects feed rendering, tagging, the CLI's --list and the tests, so there is
+one list of what exists (images/matrix.json, regenerated from wheel metadata by tools/matrixgen).
+The file's schema is defined here once (SCHEMA, ENTRY_KEYS); the generator and the tests use it.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
-from .errors import IncompatibleCombination, MatrixError, UnknownVersion
+from verify import versions
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .errors import IncompatibleCombination, MatrixError, UnknownVersion, UsageError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout: templates, images and build contexts
 IMAGES_DIR = REPO_ROOT / "images"
 MATRIX_FILE = IMAGES_DIR / "matrix.json"
 BASES_FILE = IMAGES_DIR / "bases.json"
 VARIANTS_FILE = IMAGES_DIR / "variants.json"
 PYPI = "pypi"
 PYPI_URL = "https://pypi.org/simple"
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    """Numeric sort key for dotted versions ("2.10.0" after "2.9.1")."""
-    return tuple(int(part) for part in version.split("."))
+SCHEMA = 2  # of images/matrix.json; 2: min_driver became toolkit_driver, driver_floor was added
+# Every key of a matrix.json entry: the MatrixEntry fields plus what the generator records of how it
+# matched companions and found the archs (kept for review, not used by builds).
+ENTRY_KEYS = frozenset({
+    "torch", "cuda", "index", "pythons", "torchvision", "torchvision_match", "torchaudio", "torchaudio_match",
+    "triton", "cuda_runtime", "cudnn", "nccl", "cublas", "nvidia_packages", "archs", "archs_source",
+    "toolkit_driver", "driver_floor",
+})
 
 
 def minor_of(version: str) -> str:
@@ -40,7 +46,7 @@ class Base:
 
 
 @dataclass(frozen=True)
-class Build:
+class MatrixEntry:
     """One torch release built for one CUDA line, from one wheel index."""
 
     torch: str
@@ -80,37 +86,37 @@ class Build:
 
 @dataclass(frozen=True)
 class Matrix:
-    builds: tuple[Build, ...]
+    builds: tuple[MatrixEntry, ...]
     bases: Mapping[str, Base]
     default_python: str
     variant_packages: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     # -- queries ---------------------------------------------------------------------------
     def cuda_versions(self) -> list[str]:
-        return sorted({b.cuda for b in self.builds}, key=version_key)
+        return sorted({b.cuda for b in self.builds}, key=versions.parse_version)
 
     def torch_versions(self) -> list[str]:
-        return sorted({b.torch for b in self.builds}, key=version_key)
+        return sorted({b.torch for b in self.builds}, key=versions.parse_version)
 
-    def newest_per_tag(self) -> list[Build]:
+    def newest_per_tag(self) -> list[MatrixEntry]:
         """One build per (torch, CUDA): PyPI's wheels win over a per-CUDA index's copy."""
-        chosen: dict[tuple[str, str], Build] = {}
+        chosen: dict[tuple[str, str], MatrixEntry] = {}
         for build in self.builds:
             key = (build.torch, build.cuda)
             if key not in chosen or (build.index == PYPI and chosen[key].index != PYPI):
                 chosen[key] = build
-        return sorted(chosen.values(), key=lambda b: (version_key(b.torch), version_key(b.cuda)))
+        return sorted(chosen.values(), key=lambda b: (versions.parse_version(b.torch), versions.parse_version(b.cuda)))
 
-    def is_newest_of_minor(self, build: Build) -> bool:
+    def is_newest_of_minor(self, build: MatrixEntry) -> bool:
         """Whether `build` is the newest patch of its torch minor for its CUDA (gets the vX.Y alias)."""
         same = [b.torch for b in self.builds if b.cuda == build.cuda and b.torch_minor == build.torch_minor]
-        return max(same, key=version_key) == build.torch
+        return max(same, key=versions.parse_version) == build.torch
 
-    def python_for(self, build: Build, python: str | None) -> str:
+    def python_for(self, build: MatrixEntry, python: str | None) -> str:
         """The Python an image of `build` uses: asked for, else the default, else the newest we can base on."""
         if python is not None:
             if python not in self.bases:
-                raise UnknownVersion("Python", python, sorted(self.bases, key=version_key))
+                raise UnknownVersion("Python", python, sorted(self.bases, key=versions.parse_version))
             if python not in build.pythons:
                 raise IncompatibleCombination(
                     f"Python {python} with {build.short()}",
@@ -125,10 +131,24 @@ class Matrix:
             )
         if self.default_python in usable:
             return self.default_python
-        return max(usable, key=version_key)
+        return max(usable, key=versions.parse_version)
 
     # -- resolution ------------------------------------------------------------------------
-    def resolve(self, cuda: str | None = None, torch: str | None = None, python: str | None = None) -> Build:
+    def select(self, cuda: str | None = None, torch: str | None = None, python: str | None = None,
+               every_tag: bool = False) -> list[MatrixEntry]:
+        """What a command line asks for: one build (`--cuda`/`--torch`), or with `every_tag` (`--all`)
+        every tag of the matrix, narrowed by `cuda` and `torch` when given."""
+        if every_tag:
+            builds = [b for b in self.newest_per_tag()
+                      if (not cuda or b.cuda == cuda) and (not torch or torch in (b.torch, b.torch_minor))]
+            if not builds:
+                self.resolve(cuda=cuda, torch=torch)  # raises the precise error
+            return builds
+        if not (cuda or torch):
+            raise UsageError("say what to build: --cuda VERSION, --torch VERSION or --all (see --list)")
+        return [self.resolve(cuda=cuda, torch=torch, python=python)]
+
+    def resolve(self, cuda: str | None = None, torch: str | None = None, python: str | None = None) -> MatrixEntry:
         """Pick the one build a user means.
 
         `--cuda` alone: the newest torch built for that CUDA, PyPI's wheels before a per-CUDA index
@@ -139,14 +159,14 @@ class Matrix:
             fitting = [b for b in candidates if python in b.pythons]
             if not fitting:
                 if python not in self.bases:
-                    raise UnknownVersion("Python", python, sorted(self.bases, key=version_key))
+                    raise UnknownVersion("Python", python, sorted(self.bases, key=versions.parse_version))
                 raise IncompatibleCombination(
                     _describe(cuda, torch, python), [f"{b.short()}: Python {', '.join(b.pythons)}" for b in candidates]
                 )
             candidates = fitting
-        return max(candidates, key=lambda b: (b.index == PYPI, version_key(b.torch), version_key(b.cuda)))
+        return max(candidates, key=lambda b: (b.index == PYPI, versions.parse_version(b.torch), versions.parse_version(b.cuda)))
 
-    def _narrow(self, cuda: str | None, torch: str | None) -> list[Build]:
+    def _narrow(self, cuda: str | None, torch: str | None) -> list[MatrixEntry]:
         builds = list(self.builds)
         if cuda is not None:
             if cuda not in {b.cuda for b in builds}:
@@ -158,11 +178,11 @@ class Matrix:
             if not matching:
                 if torch not in known:
                     raise UnknownVersion("torch", torch, self.torch_versions())
-                raise IncompatibleCombination(
-                    _describe(cuda, torch, None),
-                    [f"CUDA {cuda}: torch {', '.join(sorted({b.torch for b in builds}, key=version_key))}"]
-                    + [f"torch {torch}: CUDA {', '.join(sorted({b.cuda for b in self.builds if torch in (b.torch, b.torch_minor)}, key=version_key))}"],
-                )
+                torches = sorted({b.torch for b in builds}, key=versions.parse_version)
+                cudas = sorted({b.cuda for b in self.builds if torch in (b.torch, b.torch_minor)},
+                               key=versions.parse_version)
+                raise IncompatibleCombination(_describe(cuda, torch, None), [
+                    f"CUDA {cuda}: torch {', '.join(torches)}", f"torch {torch}: CUDA {', '.join(cudas)}"])
             builds = matching
         return builds
 
@@ -178,8 +198,8 @@ def _describe(cuda: str | None, torch: str | None, python: str | None) -> str:
     return " with ".join(parts)
 
 
-def _build_from_json(entry: Mapping, indexes: Mapping[str, str]) -> Build:
-    return Build(
+def _build_from_json(entry: Mapping[str, Any], indexes: Mapping[str, str]) -> MatrixEntry:
+    return MatrixEntry(
         torch=entry["torch"],
         cuda=entry["cuda"],
         index=entry["index"],
@@ -203,6 +223,8 @@ def load(matrix_file: Path = MATRIX_FILE, bases_file: Path = BASES_FILE, variant
     """Read the committed matrix, base-image table and the variants' extra packages."""
     try:
         data = json.loads(Path(matrix_file).read_text())
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"schema {data.get('schema')}, this code reads schema {SCHEMA}")
         bases_data = json.loads(Path(bases_file).read_text())
         variants_data = json.loads(Path(variants_file).read_text())
         indexes = data["indexes"]
@@ -213,7 +235,7 @@ def load(matrix_file: Path = MATRIX_FILE, bases_file: Path = BASES_FILE, variant
         }
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise MatrixError(
-            f"cannot read the matrix ({type(err).__name__}: {err}); regenerate it with `python -m pytorch_cuda.refresh`"
+            f"cannot read the matrix ({type(err).__name__}: {err}); regenerate it with `python -m tools.matrixgen`"
         ) from None
     return Matrix(
         builds=builds,

@@ -1,11 +1,16 @@
-"""What a command means in images: tags, aliases, base images and file paths. Pure data, no Docker."""
+"""What a command means in images: tags, aliases, base images, file paths, and the CI matrix.
+
+No Docker and no network; it reads the committed lock files (their digest and pins), whose content
+is part of what an image is.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from . import lockfile
-from .matrix import IMAGES_DIR, Build, Matrix
+from . import lockfile, refs
+from .matrix import IMAGES_DIR, Matrix, MatrixEntry
 
 VARIANTS = ("runtime", "jupyter", "ssh")
 REPOSITORY = "pytorch-cuda"
@@ -20,12 +25,12 @@ IMAGE_GID = 0
 class ImageSpec:
     """One image to render and build."""
 
-    build: Build
+    build: MatrixEntry
     variant: str
     python: str
     base_image: str
     repository: str = REPOSITORY
-    alias: bool = False
+    gets_short_alias: bool = False  # the newest patch of its torch minor for its CUDA
     python_is_default: bool = True
     lock_digest: str = ""  # of this image's lock file; "" while it has none
     runtime_lock_digest: str = ""
@@ -44,7 +49,7 @@ class ImageSpec:
     @property
     def aliases(self) -> tuple[str, ...]:
         """Short tags users know ('v2.4-cuda12.1-jupyter'), only on the newest patch of a minor."""
-        if not self.alias:
+        if not self.gets_short_alias:
             return ()
         short_stem = self.stem.replace(self.build.torch, f"v{self.build.torch_minor}", 1)
         return (f"{self.repository}:{short_stem}-{self.variant}",)
@@ -82,9 +87,9 @@ class ImageSpec:
         return self.directory / f"{'jupyter' if self.variant == 'jupyter' else 'runtime'}.lock"
 
 
-def plan(
+def image_specs(
     matrix: Matrix,
-    builds: list[Build],
+    builds: list[MatrixEntry],
     variants: tuple[str, ...] = VARIANTS,
     python: str | None = None,
     base_image: str | None = None,
@@ -104,7 +109,7 @@ def plan(
                 python=py,
                 base_image=base_image or base.image,
                 repository=repository,
-                alias=matrix.is_newest_of_minor(build),
+                gets_short_alias=matrix.is_newest_of_minor(build),
                 python_is_default=py == matrix.default_python,
             )
             runtime_lock = spec.directory / "runtime.lock"
@@ -116,11 +121,24 @@ def plan(
 
 def committed_manifest(ref: str) -> Path | None:
     """The committed manifest of an image reference of ours ('[registry/]pytorch-cuda:<stem>-<variant>')."""
-    name, _, tag = ref.rpartition(":")
-    if not name.split("/")[-1] == REPOSITORY or "/" in tag:
+    if refs.repository_name(ref) != REPOSITORY:
         return None
+    tag = refs.tag_of(ref)
     for variant in VARIANTS:
         if tag.endswith(f"-{variant}"):
             path = IMAGES_DIR / tag[: -len(variant) - 1] / "manifest.json"
             return path if path.is_file() else None
     return None
+
+
+def ci_matrix(specs: list[ImageSpec]) -> dict[str, Any]:
+    """strategy.matrix for the workflow: one entry per tag, from the same specs every build uses."""
+    return {"include": [
+        {
+            "tag": refs.tag_of(spec.tag), "stem": spec.stem, "variant": spec.variant,
+            "torch": spec.build.torch, "cuda": spec.build.cuda, "python": spec.python,
+            "alias": refs.tag_of(spec.aliases[0]) if spec.aliases else "",
+            "build_args": f"--torch {spec.build.torch} --cuda {spec.build.cuda} --python {spec.python}",
+        }
+        for spec in specs
+    ]}

@@ -8,13 +8,18 @@ Needs no torch. `evaluate` is pure so each verdict is unit-tested with plain dat
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from verify import compat, nvsmi
+from verify import manifest as contract
 from verify.manifest import Manifest
+
+from . import plan, render
+from .errors import DockerUnavailable, PytorchCudaError
 
 HOOK = "nvidia-container-runtime-hook"
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
@@ -111,3 +116,37 @@ def host_facts(docker_runtimes: tuple[str, ...], cdi_dirs: Iterable[str] = CDI_D
     report = nvsmi.query(which=which)
     return HostFacts(report.driver, report.gpus, docker_runtimes, report.problem, which(HOOK), cdi_specs(cdi_dirs),
                      docker_problem)
+
+
+def judge(ref: str) -> tuple[str, list[Finding]]:
+    """(where the image's facts came from, the findings) for image `ref` on this host.
+
+    From the image's labels when it is here; else from the matrix's committed manifest of that tag,
+    so a user can ask before pulling 6-10 GB. Docker is asked lazily: without a daemon the GPU and
+    driver verdicts still come, and the container finding says what could not be checked.
+    """
+    from .engine import connect  # the SDK only when preflight runs
+
+    runtimes: tuple[str, ...] = ()
+    cdi_dirs: tuple[str, ...] = CDI_DIRS
+    docker_problem, labels = "", None
+    try:
+        engine = connect(timeout=30)
+        runtimes = engine.runtimes()
+        cdi_dirs = tuple(dict.fromkeys((*CDI_DIRS, *engine.cdi_spec_dirs())))
+        labels = engine.labels(ref)
+    except DockerUnavailable:
+        docker_problem = "the Docker daemon cannot be reached (start it, or set DOCKER_HOST)"
+    except PytorchCudaError:  # not here: a tag of the matrix can still be judged from its manifest
+        pass
+    if labels is not None:
+        source, image = f"the labels of {ref}", contract.from_labels(labels, ref)
+    elif (committed := plan.committed_manifest(ref)) is not None:
+        image = Manifest.from_dict(json.loads(committed.read_text()), render.repo_path(committed))
+        source = f"{render.repo_path(committed)} ({ref} is not present here)"
+    elif docker_problem:
+        raise DockerUnavailable(f"{docker_problem}, and {ref} is not a tag of the matrix")
+    else:
+        raise PytorchCudaError(f"image {ref} is not here and is not a tag of the matrix: build it (build.py) or "
+                               "pull it first")
+    return source, evaluate(image, host_facts(runtimes, cdi_dirs, docker_problem=docker_problem))

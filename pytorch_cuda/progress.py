@@ -1,4 +1,4 @@
-"""What a user watches while images build: a live line per image, then a summary table."""
+"""What a user watches while images build: a live line per image (the tables come after: tables.py)."""
 from __future__ import annotations
 
 import sys
@@ -7,37 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-
-def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def format_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.2f} {unit}"
-    return f"{size} B"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """A plain aligned text table, like `docker images` prints."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
-    return "\n".join(lines)
-
-
-@dataclass
-class Result:
-    tag: str
-    status: str  # built | failed | skipped
-    seconds: float = 0.0
-    size: int | None = None
-    note: str = ""
-    aliases: tuple[str, ...] = ()
-    verify: str = ""
+from .tables import format_seconds
 
 
 @dataclass
@@ -107,11 +77,3 @@ class Progress:
     def _print(self, text: str) -> None:
         self.stream.write(text + "\n")
         self.stream.flush()
-
-
-def summary(results: list[Result]) -> str:
-    rows = [
-        [r.tag, r.status, format_seconds(r.seconds) if r.seconds else "-", format_size(r.size), r.verify or "-", r.note]
-        for r in results
-    ]
-    return table(["TAG", "STATUS", "TIME", "SIZE", "VERIFY", "NOTE"], rows)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -11,14 +11,15 @@ from verify import compat
 from verify import manifest as contract
 
 from . import lockfile
-from .matrix import REPO_ROOT
+from .matrix import REPO_ROOT, Matrix
 from .plan import IMAGE_GID, IMAGE_UID, IMAGE_USER, ImageSpec
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 
 
-@lru_cache(maxsize=None)
-def _environment(templates_dir: Path) -> jinja2.Environment:
+@cache
+def environment(templates_dir: Path) -> jinja2.Environment:
+    """The one Jinja environment for every template (Dockerfiles, Kubernetes): strict and trimmed."""
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,  # a typo in a template fails instead of rendering empty
@@ -36,7 +37,7 @@ def repo_path(path: Path) -> str:
 
 def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR) -> str:
     """The Dockerfile of one image; `packages` are the variant's extra pip pins (jupyter)."""
-    template = _environment(templates_dir).get_template(f"{spec.variant}.Dockerfile.j2")
+    template = environment(templates_dir).get_template(f"{spec.variant}.Dockerfile.j2")
     text = template.render(
         spec=spec,
         build=spec.build,
@@ -124,3 +125,15 @@ def rendered_files(spec: ImageSpec, packages: tuple[str, ...] = ()) -> dict[Path
     """Every committed file one spec owns, keyed by absolute path."""
     return {spec.dockerfile: render_dockerfile(spec, packages), spec.manifest: render_manifest(spec),
             spec.constraints: render_constraints(spec)}
+
+
+def write_rendered(m: Matrix, specs: list[ImageSpec]) -> list[Path]:
+    """Write every committed file of `specs` (`build.py --render`); returns the ones that changed."""
+    written = []
+    for spec in specs:
+        for path, text in rendered_files(spec, m.variant_packages.get(spec.variant, ())).items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+                written.append(path)
+    return written

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 from pytorch_cuda import plan
 
@@ -27,7 +24,7 @@ def _ci_matrix(*args: str) -> list[dict]:
 def test_ci_matrix_covers_every_tag_exactly_once(real_matrix):
     entries = _ci_matrix()
     tags = [entry["tag"] for entry in entries]
-    expected = [spec.tag.split(":", 1)[1] for spec in plan.plan(real_matrix, real_matrix.newest_per_tag())]
+    expected = [spec.tag.split(":", 1)[1] for spec in plan.image_specs(real_matrix, real_matrix.newest_per_tag())]
     assert sorted(tags) == sorted(expected)
     assert len(tags) == len(set(tags))
 

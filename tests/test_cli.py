@@ -1,9 +1,11 @@
 """The CLI as a user runs it, without a Docker engine: plan, list, errors and exit codes."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from pytorch_cuda import cli, matrix, plan, render
+from pytorch_cuda import matrix, plan, render
 
 from .dockerutil import build_py
 
@@ -63,32 +65,35 @@ def test_list_prints_every_tag_of_the_matrix(real_matrix):
 
 def test_committed_dockerfiles_match_the_templates(real_matrix):
     """Golden files: `python build.py --all --render` regenerates them; a stale one fails here."""
-    specs = plan.plan(real_matrix, real_matrix.newest_per_tag())
+    specs = plan.image_specs(real_matrix, real_matrix.newest_per_tag())
     stale = []
     for spec in specs:
         for path, text in render.rendered_files(spec, real_matrix.variant_packages.get(spec.variant, ())).items():
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path.relative_to(matrix.REPO_ROOT)))
     assert not stale, f"run `python build.py --all --render`; stale: {stale[:5]}"
-    committed = {p for p in matrix.IMAGES_DIR.glob("*/*/Dockerfile")}
+    committed = set(matrix.IMAGES_DIR.glob("*/*/Dockerfile"))
     assert committed == {spec.dockerfile for spec in specs}, "a committed Dockerfile belongs to no tag"
 
 
-def test_describe_plan_is_a_table(real_matrix):
-    specs = plan.plan(real_matrix, [real_matrix.resolve(cuda="12.1")], variants=("runtime",))
-    text = cli.describe_plan(specs)
-    assert text.splitlines()[0].split()[:3] == ["TAG", "ALIASES", "TORCH"]
+def test_dry_run_names_each_images_source_and_dockerfile(real_matrix):
+    """The plan says what each image builds FROM and where its Dockerfile is, per variant and registry."""
+    result = build_py("--cuda", "12.1", "--dry-run", "--registry", "r.example/team", "--python", "3.11", env=NO_DAEMON)
+    assert result.returncode == 0, result.stderr
+    header, *rows = result.stdout.strip().splitlines()
+    assert header.split() == ["TAG", "ALIASES", "TORCH", "CUDA", "CUDNN", "NCCL", "PYTHON", "FROM", "DOCKERFILE"]
+    cells = {row.split()[0]: row.split() for row in rows}
+    runtime = cells["r.example/team/pytorch-cuda:2.4.1-cuda12.1-runtime"]
+    assert runtime[1] == "r.example/team/pytorch-cuda:v2.4-cuda12.1-runtime"
+    assert runtime[-2:] == ["debian:bookworm-slim", "images/2.4.1-cuda12.1/runtime/Dockerfile"]
+    ssh = cells["r.example/team/pytorch-cuda:2.4.1-cuda12.1-ssh"]
+    assert ssh[-2:] == ["r.example/team/pytorch-cuda:2.4.1-cuda12.1-runtime", "images/2.4.1-cuda12.1/ssh/Dockerfile"]
 
 
-def test_build_args_are_only_what_each_dockerfile_declares(real_matrix):
-    specs = {s.variant: s for s in plan.plan(real_matrix, [real_matrix.resolve(cuda="12.1")], registry="r.example")}
-    args = {}
-    for variant, spec in specs.items():
-        dockerfile = render.render_dockerfile(spec, real_matrix.variant_packages.get(variant, ()))
-        args[variant] = cli.build_args(spec, dockerfile, None, "CA")
-    assert args["runtime"] == {"BASE_IMAGE": "debian:bookworm-slim", "PIP_INDEX_URL": "https://pypi.org/simple",
-                               "PIP_CA_CERT": "CA"}
-    assert args["jupyter"] == {"RUNTIME_IMAGE": "r.example/pytorch-cuda:2.4.1-cuda12.1-runtime", "PIP_CA_CERT": "CA"}
-    assert args["ssh"] == {"RUNTIME_IMAGE": "r.example/pytorch-cuda:2.4.1-cuda12.1-runtime"}
-    mirror = cli.build_args(specs["jupyter"], render.render_dockerfile(specs["jupyter"], ()), "http://mirror/simple", "")
-    assert mirror["PIP_INDEX_URL"] == "http://mirror/simple" and "PIP_CA_CERT" not in mirror
+def test_ci_matrix_has_one_entry_per_tag_with_its_alias(real_matrix):
+    result = build_py("--all", "--variant", "runtime", "--ci-matrix", env=NO_DAEMON)
+    entries = json.loads(result.stdout)["include"]
+    assert len(entries) == len(real_matrix.newest_per_tag())
+    entry = next(e for e in entries if e["tag"] == "2.4.1-cuda12.1-runtime")
+    assert entry["alias"] == "v2.4-cuda12.1-runtime" and entry["build_args"].startswith("--torch 2.4.1 --cuda 12.1")
+    assert next(e for e in entries if e["tag"] == "2.4.0-cuda12.1-runtime")["alias"] == ""

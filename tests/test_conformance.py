@@ -41,7 +41,7 @@ def test_the_table_is_big_and_balanced():
     assert len(CASES) >= 150
     verdicts = Counter(case["verdict"] for case in CASES)
     assert all(verdicts[v] >= 20 for v in ("ok", "warn", "fail")), verdicts
-    assert set(case["image"] for case in CASES) == set(ASSUMED)
+    assert {case["image"] for case in CASES} == set(ASSUMED)
     assert all(case["sources"].strip() and case["why"].strip() for case in CASES)
 
 

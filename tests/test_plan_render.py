@@ -1,6 +1,9 @@
 """Tags, paths and the rendered Dockerfiles (pure: no Docker)."""
 import json
+import os
 import re
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +22,7 @@ def m() -> matrix.Matrix:
 
 @pytest.fixture(scope="module")
 def specs(m):
-    return {s.variant: s for s in plan.plan(m, [m.resolve(cuda="12.1")])}
+    return {s.variant: s for s in plan.image_specs(m, [m.resolve(cuda="12.1")])}
 
 
 def test_tags_and_aliases(specs):
@@ -30,13 +33,13 @@ def test_tags_and_aliases(specs):
 
 
 def test_runtime_first_and_variant_filter(m):
-    specs = plan.plan(m, [m.resolve(cuda="12.1")], variants=("ssh", "runtime"))
+    specs = plan.image_specs(m, [m.resolve(cuda="12.1")], variants=("ssh", "runtime"))
     assert [s.variant for s in specs] == ["runtime", "ssh"]
 
 
 def test_registry_prefix_and_no_alias_on_old_patch(m):
     old = m.resolve(cuda="12.1", torch="2.4.0")
-    spec = plan.plan(m, [old], variants=("jupyter",), registry="ghcr.io/acme/")[0]
+    spec = plan.image_specs(m, [old], variants=("jupyter",), registry="ghcr.io/acme/")[0]
     assert spec.tag == "ghcr.io/acme/pytorch-cuda:2.4.0-cuda12.1-jupyter"
     assert spec.runtime_tag == "ghcr.io/acme/pytorch-cuda:2.4.0-cuda12.1-runtime"
     assert spec.default_runtime_tag == "pytorch-cuda:2.4.0-cuda12.1-runtime"
@@ -44,7 +47,7 @@ def test_registry_prefix_and_no_alias_on_old_patch(m):
 
 
 def test_non_default_python_gets_its_own_tag_and_base(m):
-    spec = plan.plan(m, [m.resolve(cuda="12.4", python="3.13")], variants=("runtime",), python="3.13")[0]
+    spec = plan.image_specs(m, [m.resolve(cuda="12.4", python="3.13")], variants=("runtime",), python="3.13")[0]
     assert spec.tag == "pytorch-cuda:2.6.0-cuda12.4-py3.13-runtime"
     assert spec.base_image == "debian:trixie-slim"
 
@@ -97,8 +100,16 @@ def test_manifest_matches_build(specs):
     assert data["user"] == plan.IMAGE_USER and data["python"] == "3.11"
 
 
-def test_rendering_is_deterministic(specs):
-    assert render.render_dockerfile(specs["runtime"]) == render.render_dockerfile(specs["runtime"])
+def test_rendering_is_the_same_in_another_process(specs):
+    """No set order, time, path or environment leaks into a Dockerfile: a fresh interpreter with
+    another hash seed and working directory renders the same bytes."""
+    script = ("import sys; from pytorch_cuda import matrix, plan, render; "
+              f"m = matrix.load({str(FIXTURE)!r}); s = plan.image_specs(m, [m.resolve(cuda='12.1')])[0]; "
+              "sys.stdout.write(render.render_dockerfile(s))")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", script], cwd="/", capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(root), "TZ": "Asia/Tokyo"})
+    assert done.stdout == render.render_dockerfile(specs["runtime"])
 
 
 def test_undefined_template_variable_fails(tmp_path, specs):

@@ -1,0 +1,187 @@
+"""The Docker engine, and the only module that imports the Docker SDK.
+
+`Engine` is what the pipeline, preflight and the base-image maker ask of a container engine;
+`DockerEngine` does it through docker-py. The SDK drives the classic builder (it has no BuildKit),
+through the low-level streaming API, so that progress shows live and a failure carries its step
+and the tail of the log. Tests of the pipeline's rules use a fake Engine; real builds stay real.
+"""
+from __future__ import annotations
+
+import io
+import re
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol
+
+import docker
+import docker.errors
+import docker.types
+import requests.exceptions
+
+from . import refs
+from .errors import BaseImageError, BuildFailed, DockerUnavailable, PushFailed, PytorchCudaError
+
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the builder colours a step's stderr
+LOG_TAIL_LINES = 30
+
+
+@dataclass
+class BuildEvents:
+    """Callbacks the progress display gives the build loop."""
+
+    on_step: Callable[[int, int, str], None] = lambda n, total, text: None
+    on_line: Callable[[str], None] = lambda line: None
+
+
+class Engine(Protocol):
+    def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
+              nocache: bool = False, labels: dict[str, str] | None = None,
+              events: BuildEvents | None = None) -> str: ...
+    def tag(self, image_id: str, references: Iterable[str]) -> None: ...
+    def push(self, references: Iterable[str]) -> None: ...
+    def image_size(self, reference: str) -> int: ...
+    def labels(self, reference: str) -> dict[str, str]: ...
+    def exists(self, reference: str) -> bool: ...
+    def pull(self, reference: str) -> str | None: ...
+    def import_rootfs(self, tarball: str, reference: str) -> None: ...
+    def runtimes(self) -> tuple[str, ...]: ...
+    def cdi_spec_dirs(self) -> tuple[str, ...]: ...
+    def run_verify(self, reference: str, timeout: int = 600) -> tuple[int, str]: ...
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class DockerEngine:
+    """A Docker daemon through docker-py; made by connect(), which has checked that it answers."""
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+
+    def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
+              nocache: bool = False, labels: dict[str, str] | None = None,
+              events: BuildEvents | None = None) -> str:
+        """Build and return the image ID; the image is left untagged (tagging is the caller's step)."""
+        events = events or BuildEvents()
+        tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        step, image_id = "", None
+        try:
+            stream = self.client.api.build(
+                fileobj=context, custom_context=True, dockerfile=dockerfile_path, buildargs=buildargs,
+                nocache=nocache, rm=True,
+                forcerm=True,  # no stopped containers left behind by a failed step
+                pull=False, labels=labels or {}, decode=True,
+            )
+            for chunk in stream:
+                if "error" in chunk:
+                    message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    raise BuildFailed(tag, step, _one_line(message), list(tail))
+                for line in _ANSI.sub("", chunk.get("stream", "")).splitlines():
+                    line = line.rstrip()
+                    if not line:
+                        continue
+                    tail.append(line)
+                    match = _STEP.match(line)
+                    if match:
+                        step = f"step {match.group(1)}/{match.group(2)} ({_one_line(match.group(3))[:60]})"
+                        events.on_step(int(match.group(1)), int(match.group(2)), match.group(3))
+                    else:
+                        events.on_line(line)
+                aux = chunk.get("aux")
+                if isinstance(aux, dict) and "ID" in aux:
+                    image_id = str(aux["ID"])
+        except (docker.errors.APIError, requests.exceptions.RequestException) as err:
+            raise BuildFailed(tag, step, _one_line(str(err)), list(tail)) from None
+        if image_id is None:
+            raise BuildFailed(tag, step, "the builder ended without producing an image", list(tail))
+        return image_id
+
+    def tag(self, image_id: str, references: Iterable[str]) -> None:
+        for reference in references:
+            repository, tag = refs.split(reference)
+            self.client.api.tag(image_id, repository, tag, force=True)
+
+    def push(self, references: Iterable[str]) -> None:
+        """Push each reference; the registry's refusal becomes PushFailed with its message."""
+        for reference in references:
+            repository, tag = refs.split(reference)
+            try:
+                for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True):
+                    if "error" in chunk:
+                        raise PushFailed(f"push of {reference} failed: {_one_line(chunk['error'])}")
+            except (docker.errors.APIError, requests.exceptions.RequestException) as err:
+                raise PushFailed(f"push of {reference} failed: {_one_line(str(err))}") from None
+
+    def image_size(self, reference: str) -> int:
+        return int(self.client.api.inspect_image(reference)["Size"])
+
+    def labels(self, reference: str) -> dict[str, str]:
+        try:
+            return dict(self.client.api.inspect_image(reference)["Config"].get("Labels") or {})
+        except docker.errors.ImageNotFound:
+            raise PytorchCudaError(f"image {reference} is not here: build it (build.py) or pull it first") from None
+
+    def exists(self, reference: str) -> bool:
+        try:
+            self.client.api.inspect_image(reference)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
+
+    def pull(self, reference: str) -> str | None:
+        """Pull `reference`; None on success, else the registry's reason in one line."""
+        repository, tag = refs.split(reference)
+        try:
+            self.client.api.pull(repository, tag=tag)
+            return None
+        except (docker.errors.APIError, requests.exceptions.RequestException) as err:
+            return _one_line(str(err))[:200]
+
+    def import_rootfs(self, tarball: str, reference: str) -> None:
+        repository, tag = refs.split(reference)
+        # From the file: docker-py's import_image_from_stream sends a malformed chunked body.
+        try:
+            self.client.api.import_image_from_file(tarball, repository=repository, tag=tag, changes=['CMD ["bash"]'])
+        except (docker.errors.APIError, requests.exceptions.RequestException) as err:
+            raise BaseImageError(f"docker import of {reference} failed: {_one_line(str(err))[:200]}") from None
+
+    def runtimes(self) -> tuple[str, ...]:
+        return tuple(sorted(self.client.info().get("Runtimes", {})))
+
+    def cdi_spec_dirs(self) -> tuple[str, ...]:
+        """Where the engine reads CDI specs (Docker >= 25 says so in `docker info`); () when it does not say."""
+        return tuple(self.client.info().get("CDISpecDirs") or ())
+
+    def run_verify(self, reference: str, timeout: int = 600) -> tuple[int, str]:
+        """Run `verify` in a fresh container of `reference`: (exit code, its output).
+
+        With all GPUs when the engine has the nvidia runtime; otherwise on the CPU, where verify
+        itself says which checks it had to skip.
+        """
+        gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if "nvidia" in self.runtimes() else None
+        box = self.client.containers.run(reference, ["--quiet"], entrypoint=["verify"], detach=True,
+                                         device_requests=gpus, shm_size="1g")
+        try:
+            try:
+                code = box.wait(timeout=timeout)["StatusCode"]
+            except requests.exceptions.RequestException:
+                return 124, f"verify did not finish in {timeout} s"
+            return code, box.logs().decode(errors="replace")
+        finally:
+            box.remove(force=True)
+
+
+def connect(timeout: int = 600) -> DockerEngine:
+    """An engine that has answered a ping, or DockerUnavailable saying what to do."""
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return DockerEngine(client)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+        reason = str(err).split("(")[0].strip() or type(err).__name__
+        raise DockerUnavailable(
+            f"cannot reach the Docker daemon ({reason}): start it (e.g. `sudo systemctl start docker` or `dockerd &`) "
+            f"or set DOCKER_HOST; --dry-run and --list work without it"
+        ) from None

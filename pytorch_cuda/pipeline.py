@@ -1,0 +1,197 @@
+"""The build pipeline: base images, then per image render -> build -> tag -> verify -> alias, then push.
+
+Its rules are the product's promises, unit-tested with a fake engine (tests/test_pipeline.py):
+- a tag is applied only after its build succeeded, so a failed build never leaves a half-made image
+  under a name users pull;
+- a variant whose runtime failed is skipped, not built on a stale runtime;
+- the short alias (v2.4-cuda12.1-runtime) moves only to an image that passed verify, when asked to;
+- nothing is pushed unless every image built and passed.
+"""
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import baseimage, render
+from .engine import BuildEvents, Engine
+from .errors import BuildFailed
+from .matrix import REPO_ROOT, Matrix
+from .plan import ImageSpec
+from .progress import Progress
+
+# What every image's build context holds besides its generated files.
+CONTEXT_DIRS = ("verify", "image-files")
+_ARG = re.compile(r"^ARG ([A-Za-z_][A-Za-z0-9_]*)", re.M)
+
+
+@dataclass
+class BuildResult:
+    """What became of one image; the summary table prints these."""
+
+    tag: str
+    status: str  # built | failed | skipped
+    seconds: float = 0.0
+    size: int | None = None
+    note: str = ""
+    aliases: tuple[str, ...] = ()
+    verify: str = ""  # "" (not run), "passed", "FAILED (exit N)"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "built" and not self.verify.startswith("FAILED")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    no_cache: bool = False
+    keep_going: bool = False
+    verify: bool = False
+    move_aliases: bool = True
+    push: bool = False
+    bootstrap_base: bool = False
+    debian_mirror: str = baseimage.DEFAULT_MIRROR
+    index_url: str | None = None
+    ca_value: str = ""  # the PIP_CA_CERT build arg (ca.build_arg_for)
+    templates: Path = render.TEMPLATES_DIR
+    labels: dict[str, str] = field(default_factory=dict)  # added to every image (the git revision)
+
+
+def declared_args(dockerfile: str) -> set[str]:
+    """The ARG names a Dockerfile declares; only those are passed, so the builder warns of none."""
+    return set(_ARG.findall(dockerfile))
+
+
+def build_args(spec: ImageSpec, dockerfile: str, index_url: str | None, ca_value: str) -> dict[str, str]:
+    """Only the build args this Dockerfile declares."""
+    offered = {
+        "BASE_IMAGE": spec.base_image,
+        "RUNTIME_IMAGE": spec.runtime_tag,
+        # A variant's own packages come from PyPI (or the mirror given), not from a per-CUDA index.
+        "PIP_INDEX_URL": index_url or (spec.build.index_url if spec.variant == "runtime" else ""),
+        "PIP_CA_CERT": ca_value,
+    }
+    return {name: value for name, value in offered.items() if name in declared_args(dockerfile) and value}
+
+
+def context_files(spec: ImageSpec, dockerfile: str) -> dict[str, bytes]:
+    """The generated files of one build context, at the repository paths its Dockerfile COPYs."""
+    return {
+        render.repo_path(spec.dockerfile): dockerfile.encode(),
+        render.repo_path(spec.manifest): render.render_manifest(spec).encode(),
+        render.repo_path(spec.constraints): render.render_constraints(spec).encode(),
+        render.repo_path(spec.lock): spec.lock.read_bytes(),
+    }
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), mode, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_context(files: dict[str, bytes], repo_root: Path = REPO_ROOT) -> io.BytesIO:
+    """A deterministic tar: the given files plus CONTEXT_DIRS from the repository.
+
+    Fixed mtimes and owners keep COPY's cache keys stable between checkouts.
+    """
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name in sorted(files):
+            _add_bytes(tar, name, files[name])
+        for directory in CONTEXT_DIRS:
+            for path in sorted((repo_root / directory).rglob("*")):
+                if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                    mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+                    _add_bytes(tar, path.relative_to(repo_root).as_posix(), path.read_bytes(), mode)
+    buffer.seek(0)
+    return buffer
+
+
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions, progress: Progress,
+              index: int, total: int) -> tuple[BuildResult, str | None]:
+    """Render and build one image and tag it: (result, image ID or None when the build failed)."""
+    dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), options.templates)
+    progress.start(index, total, spec.tag)
+    try:
+        image_id = engine.build(
+            spec.tag, make_context(context_files(spec, dockerfile)), render.repo_path(spec.dockerfile),
+            build_args(spec, dockerfile, options.index_url, options.ca_value), nocache=options.no_cache,
+            labels=options.labels, events=BuildEvents(on_step=progress.step, on_line=progress.line),
+        )
+    except BuildFailed as err:
+        progress.finish("FAILED")
+        for line in err.log_tail[-12:]:
+            progress.say(f"    | {line}")
+        progress.say(f"error: {err}")
+        return BuildResult(spec.tag, "failed", progress.elapsed(), note=err.message[:80]), None
+    # Tags only now: a failed build never leaves a tag pointing at a half-made image.
+    engine.tag(image_id, (spec.tag,))
+    progress.finish("built")
+    return BuildResult(spec.tag, "built", progress.elapsed(), engine.image_size(spec.tag)), image_id
+
+
+def verify_and_alias(engine: Engine, spec: ImageSpec, image_id: str, result: BuildResult, options: BuildOptions,
+                     say: Callable[[str], None]) -> None:
+    """Run verify when asked; the short alias users pull by habit moves only to an image that passed."""
+    if options.verify:
+        code, output = engine.run_verify(spec.tag)
+        result.verify = "passed" if code == 0 else f"FAILED (exit {code})"
+        say(f"verify {spec.tag}: {result.verify}")
+        if code != 0:
+            for line in output.strip().splitlines()[-12:]:
+                say(f"    | {line}")
+    if options.move_aliases and result.ok and spec.aliases:
+        engine.tag(image_id, spec.aliases)
+        result.aliases = spec.aliases
+
+
+def push_all(engine: Engine, results: list[BuildResult], say: Callable[[str], None]) -> None:
+    """Push every tag and alias, only when every image built and passed: a registry never holds half a release."""
+    if not all(result.ok for result in results):
+        say("nothing pushed: not every image built and passed verify")
+        return
+    for result in results:
+        say(f"pushing {result.tag} {' '.join(result.aliases)}")
+        engine.push((result.tag, *result.aliases))
+
+
+def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions,
+        progress: Progress) -> list[BuildResult]:
+    """Build `specs` in order (each runtime before its variants) and return one result per spec."""
+    for base in sorted({s.base_image for s in specs if s.variant == "runtime"}):
+        how = baseimage.ensure_base_image(engine, base, make=options.bootstrap_base, mirror=options.debian_mirror,
+                                          say=progress.say)
+        if how != "local":
+            progress.say(f"base image {base}: {how}")
+    results: list[BuildResult] = []
+    failed_runtimes: set[str] = set()
+    for index, spec in enumerate(specs, 1):
+        if spec.variant != "runtime" and spec.runtime_tag in failed_runtimes:
+            results.append(BuildResult(spec.tag, "skipped", note=f"{spec.runtime_tag} failed"))
+            continue
+        result, image_id = build_one(engine, m, spec, options, progress, index, len(specs))
+        results.append(result)
+        if image_id is None:
+            if spec.variant == "runtime":
+                failed_runtimes.add(spec.tag)
+            if not options.keep_going:
+                results += [BuildResult(s.tag, "skipped", note="not started (no --keep-going)") for s in specs[index:]]
+                return results
+            continue
+        verify_and_alias(engine, spec, image_id, result, options, progress.say)
+    if options.push:
+        push_all(engine, results, progress.say)
+    return results

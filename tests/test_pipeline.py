@@ -1,0 +1,155 @@
+"""The pipeline's rules with a fake engine: which images get tags and aliases, which are skipped or pushed.
+
+The fake stands in for the engine's answers only (a build succeeds or fails, verify passes or not);
+that real images build and run is shown by the docker-marked tests with the real engine.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from pytorch_cuda import matrix, pipeline, plan
+from pytorch_cuda.engine import BuildEvents
+from pytorch_cuda.errors import BuildFailed
+from pytorch_cuda.progress import Progress
+
+FIXTURE = Path(__file__).parent / "fixtures" / "matrix.json"
+
+
+@dataclass
+class FakeEngine:
+    fail_builds: set[str] = field(default_factory=set)  # tags whose build fails
+    fail_verify: set[str] = field(default_factory=set)  # tags whose verify fails
+    has_base: bool = True
+    tags: dict[str, str] = field(default_factory=dict)  # reference -> image ID
+    pushed: list[str] = field(default_factory=list)
+    built: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
+
+    def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
+              nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None) -> str:
+        assert context.read(1), "an empty build context"
+        self.built.append(tag)
+        if tag in self.fail_builds:
+            raise BuildFailed(tag, "step 7/20 (RUN pip install)", "exit code 1", ["ERROR: no such package"])
+        return f"sha256:{len(self.built):064d}"
+
+    def tag(self, image_id, references):
+        for reference in references:
+            self.tags[reference] = image_id
+
+    def push(self, references):
+        self.pushed.extend(references)
+
+    def image_size(self, reference):
+        return 5_000_000_000
+
+    def exists(self, reference):
+        return self.has_base
+
+    def run_verify(self, reference, timeout=600):
+        self.verified.append(reference)
+        return (1, "verify: 1 failed") if reference in self.fail_verify else (0, "verify: all passed")
+
+    def pull(self, reference):
+        return "no registry here"
+
+
+@pytest.fixture(scope="module")
+def m() -> matrix.Matrix:
+    return matrix.load(FIXTURE)
+
+
+def specs(m, cuda="12.1", **kwargs):
+    return plan.image_specs(m, [m.resolve(cuda=cuda)], **kwargs)
+
+
+def build(engine, m, image_specs, **options):
+    return pipeline.run(engine, m, image_specs, pipeline.BuildOptions(**options), Progress(stream=io.StringIO()))
+
+
+RUNTIME, JUPYTER, SSH = (f"pytorch-cuda:2.4.1-cuda12.1-{v}" for v in ("runtime", "jupyter", "ssh"))
+ALIAS = "pytorch-cuda:v2.4-cuda12.1-{}"
+
+
+def test_every_image_is_tagged_and_aliased_after_it_built(m):
+    engine = FakeEngine()
+    results = build(engine, m, specs(m))
+    assert [(r.tag, r.status) for r in results] == [(RUNTIME, "built"), (JUPYTER, "built"), (SSH, "built")]
+    assert set(engine.tags) == {RUNTIME, JUPYTER, SSH, *(ALIAS.format(v) for v in ("runtime", "jupyter", "ssh"))}
+    assert engine.tags[ALIAS.format("runtime")] == engine.tags[RUNTIME]
+    assert engine.pushed == [] and engine.verified == []
+
+
+def test_a_failed_runtime_gets_no_tag_and_its_variants_are_skipped(m):
+    engine = FakeEngine(fail_builds={RUNTIME})
+    results = build(engine, m, specs(m), keep_going=True)
+    assert [(r.tag, r.status) for r in results] == [(RUNTIME, "failed"), (JUPYTER, "skipped"), (SSH, "skipped")]
+    assert engine.tags == {} and engine.built == [RUNTIME]
+    assert results[1].note == f"{RUNTIME} failed"
+
+
+def test_without_keep_going_the_rest_is_not_started(m):
+    engine = FakeEngine(fail_builds={JUPYTER})
+    results = build(engine, m, specs(m))
+    assert [(r.tag, r.status) for r in results] == [(RUNTIME, "built"), (JUPYTER, "failed"), (SSH, "skipped")]
+    assert results[2].note == "not started (no --keep-going)"
+    assert JUPYTER not in engine.tags and SSH not in engine.built
+
+
+def test_an_image_that_fails_verify_keeps_its_tag_but_gets_no_alias_and_nothing_is_pushed(m):
+    engine = FakeEngine(fail_verify={JUPYTER})
+    image_specs = specs(m, registry="r.example/team")
+    jupyter = image_specs[1].tag
+    engine.fail_verify = {jupyter}
+    results = build(engine, m, image_specs, verify=True, push=True)
+    assert [r.verify for r in results] == ["passed", "FAILED (exit 1)", "passed"]
+    assert jupyter in engine.tags and image_specs[1].aliases[0] not in engine.tags
+    assert image_specs[0].aliases[0] in engine.tags
+    assert engine.pushed == []
+
+
+def test_push_sends_every_tag_and_alias_once_all_passed(m):
+    engine = FakeEngine()
+    image_specs = specs(m, registry="r.example/team")
+    build(engine, m, image_specs, verify=True, push=True)
+    assert engine.pushed == [ref for spec in image_specs for ref in (spec.tag, *spec.aliases)]
+
+
+def test_no_alias_when_ci_moves_them_later(m):
+    engine = FakeEngine()
+    build(engine, m, specs(m), move_aliases=False)
+    assert set(engine.tags) == {RUNTIME, JUPYTER, SSH}
+
+
+def test_an_older_patch_never_gets_the_short_alias(m):
+    engine = FakeEngine()
+    old = plan.image_specs(m, [m.resolve(cuda="12.1", torch="2.4.0")], variants=("runtime",))
+    build(engine, m, old)
+    assert set(engine.tags) == {"pytorch-cuda:2.4.0-cuda12.1-runtime"}
+
+
+def test_build_args_are_only_what_each_dockerfile_declares(m):
+    from pytorch_cuda import render
+
+    image_specs = {s.variant: s for s in specs(m, registry="r.example")}
+    args = {variant: pipeline.build_args(spec, render.render_dockerfile(spec, m.variant_packages.get(variant, ())),
+                                         None, "CA") for variant, spec in image_specs.items()}
+    assert args["runtime"] == {"BASE_IMAGE": "debian:bookworm-slim", "PIP_INDEX_URL": "https://pypi.org/simple",
+                               "PIP_CA_CERT": "CA"}
+    assert args["jupyter"] == {"RUNTIME_IMAGE": "r.example/pytorch-cuda:2.4.1-cuda12.1-runtime", "PIP_CA_CERT": "CA"}
+    assert args["ssh"] == {"RUNTIME_IMAGE": "r.example/pytorch-cuda:2.4.1-cuda12.1-runtime"}
+    jupyter = render.render_dockerfile(image_specs["jupyter"], ())
+    mirror = pipeline.build_args(image_specs["jupyter"], jupyter, "http://mirror/simple", "")
+    assert mirror["PIP_INDEX_URL"] == "http://mirror/simple" and "PIP_CA_CERT" not in mirror
+
+
+def test_the_build_context_is_the_same_bytes_every_time(m):
+    spec = specs(m)[0]
+    files = {"images/x/Dockerfile": b"FROM scratch\n", "images/x/manifest.json": b"{}\n"}
+    first, second = pipeline.make_context(files).getvalue(), pipeline.make_context(dict(reversed(files.items()))).getvalue()
+    assert first == second  # same cache keys whatever the order or the checkout's mtimes
+    assert spec.dockerfile.name == "Dockerfile"
