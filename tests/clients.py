@@ -124,7 +124,7 @@ class SshClient:
     known_hosts: Path
 
     @classmethod
-    def make(cls, directory: Path) -> "SshClient":
+    def make(cls, directory: Path) -> SshClient:
         key = directory / "id_ed25519"
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pytorch-cuda-test", "-f", str(key)],
                        check=True, timeout=30)
@@ -218,6 +218,18 @@ def compose_project(env: dict[str, str], files: tuple[Path, ...] = COMPOSE_FILES
         raise
     finally:
         project("down", "-v", "--remove-orphans", "-t", "2", check=False)
+
+
+def compose_missing() -> str | None:
+    """Why `docker compose` cannot run here (no docker CLI, or no Compose v2 plugin), or None."""
+    try:
+        done = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True, timeout=60)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as err:
+        return f"no docker CLI ({type(err).__name__})"
+    if done.returncode != 0:
+        said = (done.stderr or done.stdout).strip().splitlines()
+        return f"no `docker compose` plugin ({said[0] if said else 'exit ' + str(done.returncode)}): .ci/run installs it"
+    return None
 
 
 def have_gpu() -> bool:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+from typing import Iterator
 
 import pytest
 
 from pytorch_cuda import matrix, plan
 
-from .dockerutil import build_py
+from .dockerutil import TrackedContainers, build_py
 
 BUILD_CUDA = "12.1"  # the integration build: PyPI's newest torch for CUDA 12.1
 
@@ -33,6 +34,24 @@ def docker_client():
     return client
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the item (`item.report_setup`, `.report_call`, `.report_teardown`),
+    so a fixture's teardown knows whether the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
+@pytest.fixture
+def containers(docker_client, request) -> Iterator[TrackedContainers]:
+    """The test's own containers: all removed with their volumes after it, their logs printed if it failed."""
+    tracked = TrackedContainers(docker_client)
+    yield tracked
+    report = getattr(request.node, "report_call", None)
+    tracked.close(failed=report is None or report.failed)  # no call report: it never finished
+
+
 @pytest.fixture(scope="session")
 def real_matrix() -> matrix.Matrix:
     return matrix.load()
@@ -47,7 +66,7 @@ def built(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
     """
     result = build_py("--cuda", BUILD_CUDA, timeout=3600)
     assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    specs = plan.plan(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])
+    specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])
     built = {spec.variant: spec for spec in specs}
     built["_output"] = result.stdout + result.stderr  # type: ignore[assignment]
     return built

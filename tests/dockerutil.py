@@ -29,8 +29,11 @@ def build_py(*args: str, timeout: int = 3600, env: dict | None = None) -> subpro
 
 
 @contextlib.contextmanager
-def container(client: "docker.DockerClient", image: str, command=None, **kwargs) -> Iterator:
-    """Start a detached container; force-remove it whatever happens, printing its log on failure."""
+def container(client: docker.DockerClient, image: str, command=None, **kwargs) -> Iterator:
+    """Start a detached container; force-remove it whatever happens, printing its log on failure.
+
+    For a server held by a module-scoped fixture; a test's own containers come from the `containers` fixture.
+    """
     import docker.errors
 
     kwargs.setdefault("name", unique("pytorch-cuda-test"))
@@ -46,14 +49,61 @@ def container(client: "docker.DockerClient", image: str, command=None, **kwargs)
             started.remove(force=True, v=True)
 
 
-def run(client: "docker.DockerClient", image: str, command, timeout: int = 300, **kwargs) -> tuple[int, str]:
-    """Run a command in a fresh container, wait at most `timeout` s, return (exit code, output)."""
-    with container(client, image, command, **kwargs) as box:
+class TrackedContainers:
+    """The containers one test starts, after docker-stacks' TrackedContainer: each is recorded when made,
+    so `close` removes it with its volumes however the test ended, and shows its log if the test failed.
+
+    Made per test by the `containers` fixture (conftest.py); module-scoped servers use `container()`.
+    """
+
+    def __init__(self, client: docker.DockerClient, prefix: str = "pytorch-cuda-test") -> None:
+        self.client = client
+        self.prefix = prefix
+        self.started: list = []
+        self.networks: list = []
+
+    def start(self, image: str, command=None, **kwargs):
+        """Start a detached container with a unique name (unless given one) and return it.
+
+        Created, recorded, then started: a container whose start fails (a port taken, no GPU runtime)
+        is still removed.
+        """
+        kwargs.setdefault("name", unique(self.prefix))
+        box = self.client.containers.create(image, command, detach=True, **kwargs)
+        self.started.append(box)
+        box.start()
+        return box
+
+    def run(self, image: str, command, timeout: int = 300, **kwargs) -> tuple[int, str]:
+        """Run a command in a fresh container, wait at most `timeout` s, return (exit code, output)."""
+        box = self.start(image, command, **kwargs)
         try:
             status = box.wait(timeout=timeout)
         except Exception as err:  # requests' ReadTimeout: a hang must fail the test, not stall CI
             raise AssertionError(f"{command!r} in {image} did not finish in {timeout} s") from err
         return status["StatusCode"], box.logs().decode(errors="replace")
+
+    def network(self, prefix: str = "pytorch-cuda-test", **kwargs):
+        """A network with a unique name, removed by `close` after the containers attached to it."""
+        created = self.client.networks.create(unique(prefix), **kwargs)
+        self.networks.append(created)
+        return created
+
+    def close(self, failed: bool) -> None:
+        """Print each container's last 80 log lines to stderr if the test failed; remove them all, then the networks."""
+        import docker.errors
+
+        for box in self.started:
+            if failed:
+                with contextlib.suppress(docker.errors.APIError):
+                    print(f"--- log of {box.name} ---\n" + box.logs(tail=80).decode(errors="replace"), file=sys.stderr)
+            with contextlib.suppress(docker.errors.APIError):
+                box.remove(force=True, v=True)
+        for network in self.networks:
+            with contextlib.suppress(docker.errors.APIError):
+                network.remove()
+        self.started.clear()
+        self.networks.clear()
 
 
 def wait_healthy(box, timeout: float = 60) -> None:
@@ -70,7 +120,7 @@ def wait_healthy(box, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def removing_new_dangling_images(client: "docker.DockerClient") -> Iterator[None]:
+def removing_new_dangling_images(client: docker.DockerClient) -> Iterator[None]:
     """Remove the untagged images a block leaves behind, and only those.
 
     A throwaway build (--no-cache, a failing step) leaves its builder stage as an untagged image

@@ -3,6 +3,7 @@ services healthy, one workspace seen from Jupyter, SSH and the host, nothing lef
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import uuid
@@ -13,21 +14,36 @@ import pytest
 
 from pytorch_cuda import plan
 
-from .clients import (COMPOSE_FILES, ComposeProject, SshClient, compose_project, have_gpu, jupyter_get,
-                      run_in_kernel, wait_for, wait_for_jupyter)
+from .clients import (
+    COMPOSE_FILES,
+    ComposeProject,
+    SshClient,
+    compose_missing,
+    compose_project,
+    have_gpu,
+    jupyter_get,
+    run_in_kernel,
+    wait_for,
+    wait_for_jupyter,
+)
 from .conftest import BUILD_CUDA
 
 BASE = COMPOSE_FILES[:1]
 
 
+def skip_without_compose() -> None:
+    """A developer's machine may lack the plugin: skip, saying why. CI installs it, so there it fails."""
+    why = compose_missing()
+    if why and os.environ.get("CI"):
+        pytest.fail(f"CI must have Compose v2: {why}")
+    if why:
+        pytest.skip(why)
+
+
 def _config(files: tuple[Path, ...], **env: str) -> dict:
     """`docker compose config` as JSON: it validates the files and resolves variables and overrides."""
-    try:
-        result = ComposeProject(env, files, name="pytorch-cuda")("config", "--format", "json", timeout=60, check=False)
-    except FileNotFoundError:
-        pytest.skip("no docker CLI")
-    if "is not a docker command" in result.stderr:
-        pytest.skip("no `docker compose` plugin")
+    skip_without_compose()
+    result = ComposeProject(env, files, name="pytorch-cuda")("config", "--format", "json", timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -37,7 +53,7 @@ def _unset_ports() -> dict[str, str]:
 
 
 def test_config_defaults_are_the_build_py_tags_on_loopback_with_all_gpus(real_matrix):
-    specs = {s.variant: s for s in plan.plan(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])}
+    specs = {s.variant: s for s in plan.image_specs(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])}
     config = _config(BASE, **_unset_ports())
     services = config["services"]
     assert set(services) == {"jupyter", "ssh"}
@@ -72,6 +88,7 @@ def test_config_variables_and_the_cpu_override(real_matrix):
 @pytest.fixture(scope="module")
 def stack(built, tmp_path_factory):
     """Both services from compose.yaml + compose.cpu.yaml; no JUPYTER_TOKEN, as a user who sets none."""
+    skip_without_compose()
     client = SshClient.make(tmp_path_factory.mktemp("compose-ssh"))
     env = {"PYTORCH_CUDA_TAG": built["jupyter"].stem, "PUBLIC_KEY": client.public_key}
     with compose_project(env) as project:

@@ -8,9 +8,9 @@ import re
 import docker.errors
 import pytest
 
-from pytorch_cuda import ca, lockfile, plan
+from pytorch_cuda import ca, lockfile
 
-from .dockerutil import build_py, removing_new_dangling_images, run
+from .dockerutil import TrackedContainers, build_py, removing_new_dangling_images
 
 pytestmark = pytest.mark.docker
 
@@ -26,21 +26,21 @@ def test_three_images_and_aliases_are_tagged(built, docker_client):
         assert column in output  # the summary table
 
 
-def test_torch_reports_the_tags_cuda(built, docker_client):
+def test_torch_reports_the_tags_cuda(built, containers):
     spec = built["runtime"]
-    code, out = run(docker_client, spec.tag, ["python", "-c", "import torch; print(torch.version.cuda)"])
+    code, out = containers.run(spec.tag, ["python", "-c", "import torch; print(torch.version.cuda)"])
     assert code == 0, out
     assert out.strip().splitlines()[-1] == spec.build.cuda
 
 
-def test_cudnn_and_nccl_load_with_the_matrix_versions(built, docker_client):
+def test_cudnn_and_nccl_load_with_the_matrix_versions(built, containers):
     spec = built["runtime"]
     probe = (
         "import json, torch; "
         "print(json.dumps({'cudnn': torch.backends.cudnn.version(), 'nccl': list(torch.cuda.nccl.version()), "
         "'torch': torch.__version__, 'archs': torch._C._cuda_getArchFlags()}))"
     )
-    code, out = run(docker_client, spec.tag, ["python", "-c", probe])
+    code, out = containers.run(spec.tag, ["python", "-c", probe])
     assert code == 0, out
     found = json.loads(out.strip().splitlines()[-1])
     major, minor, patch = (int(p) for p in spec.build.cudnn.split(".")[:3])
@@ -51,7 +51,7 @@ def test_cudnn_and_nccl_load_with_the_matrix_versions(built, docker_client):
         assert set(spec.build.archs) <= set(found["archs"].split())
 
 
-def test_labels_match_the_matrix_and_the_inside(built, docker_client):
+def test_labels_match_the_matrix_and_the_inside(built, docker_client, containers):
     spec = built["runtime"]
     labels = docker_client.images.get(spec.tag).labels
     build = spec.build
@@ -63,7 +63,7 @@ def test_labels_match_the_matrix_and_the_inside(built, docker_client):
         "org.opencontainers.image.version": f"{spec.stem}-runtime",
     }
     assert {k: labels.get(k) for k in expected} == expected
-    code, out = run(docker_client, spec.tag, ["python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+    code, out = containers.run(spec.tag, ["python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
     assert out.strip() == labels["io.pytorch-cuda.python"]
     env = docker_client.images.get(spec.tag).attrs["Config"]["Env"]
     # Minor version compatibility: any CUDA 12 driver (>= 525.60.13, which supports CUDA 12.0) runs it.
@@ -71,7 +71,7 @@ def test_labels_match_the_matrix_and_the_inside(built, docker_client):
     assert "NVIDIA_VISIBLE_DEVICES=all" in env
 
 
-def test_runs_as_non_root_without_caches_or_apt_lists(built, docker_client):
+def test_runs_as_non_root_without_caches_or_apt_lists(built, containers):
     spec = built["runtime"]
     script = (
         "id -un; id -u; "
@@ -79,14 +79,14 @@ def test_runs_as_non_root_without_caches_or_apt_lists(built, docker_client):
         "ls -d /root/.cache/pip /home/pytorch/.cache/pip 2>/dev/null | wc -l; "
         "ls /tmp/pip-ca.pem 2>/dev/null | wc -l"
     )
-    code, out = run(docker_client, spec.tag, ["sh", "-c", script], user="")
+    code, out = containers.run(spec.tag, ["sh", "-c", script], user="")
     assert code == 0, out
     user, uid, lists, caches, ca_files = out.split()
     assert (user, uid) == ("pytorch", "1000")
     assert (lists, caches, ca_files) == ("0", "0", "0")
 
 
-def _local_only_certificates(docker_client, tag: str) -> list[str]:
+def _local_only_certificates(containers: TrackedContainers, tag: str) -> list[str]:
     """The CAs passed to pip that no public bundle has: the proxy's own, the one that must not leak.
 
     The build arg also carries public roots that Debian ships but certifi dropped; those are in the
@@ -96,14 +96,14 @@ def _local_only_certificates(docker_client, tag: str) -> list[str]:
     passed = ca.pem_certificates(ca.build_arg_for(ca_file)) if ca_file else []
     if not passed:
         return []
-    code, image_bundle = run(docker_client, tag, ["cat", "/etc/ssl/certs/ca-certificates.crt"], entrypoint="")
+    code, image_bundle = containers.run(tag, ["cat", "/etc/ssl/certs/ca-certificates.crt"], entrypoint="")
     assert code == 0, image_bundle
     return ca.extra_certificates("\n".join(passed), image_bundle)
 
 
-def test_proxy_ca_is_in_no_layer_and_no_history(built, docker_client):
+def test_proxy_ca_is_in_no_layer_and_no_history(built, docker_client, containers):
     """The proxy CA given to pip must be absent from every final image, its filesystem and its history."""
-    local = _local_only_certificates(docker_client, built["runtime"].tag)
+    local = _local_only_certificates(containers, built["runtime"].tag)
     if not local:
         pytest.skip("no CA outside the public bundles was passed to the build on this machine")
     # A base64 line from the middle of each certificate: unique to it, unlike the PEM headers.
@@ -118,9 +118,9 @@ def test_proxy_ca_is_in_no_layer_and_no_history(built, docker_client):
             assert not any(needle in entry["CreatedBy"] for needle in needles)
         assert not any("PIP_CA_CERT" in e for e in docker_client.images.get(spec.tag).attrs["Config"]["Env"])
         # Text files anywhere an install could have left it; -I skips binaries quickly.
-        code, out = run(docker_client, spec.tag,
-                        ["sh", "-c", f"grep -rIl -F {pattern} /etc /tmp /root /home /opt /usr/local /var 2>/dev/null; true"],
-                        user="root", entrypoint="")
+        code, out = containers.run(spec.tag,
+                                   ["sh", "-c", f"grep -rIl -F {pattern} /etc /tmp /root /home /opt /usr/local /var 2>/dev/null; true"],
+                                   user="root", entrypoint="")
         assert code == 0
         assert out.strip() == "", f"{spec.tag} holds the proxy CA in: {out}"
 
@@ -166,20 +166,21 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _freeze(docker_client, tag: str) -> dict[str, str]:
-    code, out = run(docker_client, tag, ["python", "-m", "pip", "freeze", "--disable-pip-version-check"], entrypoint="")
+def _freeze(containers: TrackedContainers, tag: str) -> dict[str, str]:
+    code, out = containers.run(tag, ["python", "-m", "pip", "freeze", "--disable-pip-version-check"], entrypoint="")
     assert code == 0, out
     return {_normal(name): version for name, version in (line.split("==", 1) for line in out.split() if "==" in line)}
 
 
-def test_the_image_holds_exactly_its_lock(built, docker_client):
+def test_the_image_holds_exactly_its_lock(built, docker_client, containers):
     spec = built["runtime"]
-    assert _freeze(docker_client, spec.tag) == _lock_pins(spec.lock.read_text())
+    assert _freeze(containers, spec.tag) == _lock_pins(spec.lock.read_text())
     labels = docker_client.images.get(spec.tag).labels
     assert labels["io.pytorch-cuda.lock-digest"] == lockfile.digest(spec.lock) != ""
 
 
-def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_client):
+@pytest.mark.release
+def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_client, containers):
     """Reproducible: the same tag built again from nothing installs the same packages."""
     registry = "pytorch-cuda-repro.invalid"
     spec = built["runtime"]
@@ -189,8 +190,9 @@ def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_
             result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
                               "--no-cache", "--no-alias", "--registry", registry, timeout=2400)
             assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-            assert _freeze(docker_client, again) == _freeze(docker_client, spec.tag)
+            assert _freeze(containers, again) == _freeze(containers, spec.tag)
             assert docker_client.images.get(again).labels == docker_client.images.get(spec.tag).labels
         finally:
             with contextlib.suppress(docker.errors.ImageNotFound):
-                docker_client.images.remove(again)
+                # force: the stopped containers of _freeze hold it until the `containers` fixture removes them
+                docker_client.images.remove(again, force=True)

@@ -11,7 +11,7 @@ import docker.types
 import pytest
 
 from .clients import have_gpu, jupyter_get, published_port, run_in_kernel, wait_for, wait_for_jupyter
-from .dockerutil import container, run
+from .dockerutil import container
 
 pytestmark = pytest.mark.docker
 
@@ -59,28 +59,28 @@ def test_server_runs_as_uid_1000(jupyter):
     assert {uid for uid, _ in rows} == {"1000"}, rows
 
 
-def test_no_token_given_makes_one_and_prints_it_with_the_url(built, docker_client):
-    with container(docker_client, built["jupyter"].tag, ports=LOCAL_RANDOM_PORT) as box:
-        base_url = f"http://127.0.0.1:{published_port(box, PORT)}"
+def test_no_token_given_makes_one_and_prints_it_with_the_url(built, containers):
+    box = containers.start(built["jupyter"].tag, ports=LOCAL_RANDOM_PORT)
+    base_url = f"http://127.0.0.1:{published_port(box, PORT)}"
 
-        def printed_token():
-            match = re.search(r"http://127\.0\.0\.1:8888/lab\?token=([A-Za-z0-9_-]+)", box.logs().decode())
-            return match.group(1) if match else None
+    def printed_token():
+        match = re.search(r"http://127\.0\.0\.1:8888/lab\?token=([A-Za-z0-9_-]+)", box.logs().decode())
+        return match.group(1) if match else None
 
-        token = wait_for(printed_token, 60, "the generated token in the log")
-        assert len(token) >= 32
-        wait_for_jupyter(base_url, token)
-        assert jupyter_get(base_url, "/api/kernels").status_code == 403
-        env = box.attrs["Config"]["Env"]
-        assert not any(e.startswith("JUPYTER_TOKEN=") for e in env), "the generated token must not be in the config"
+    token = wait_for(printed_token, 60, "the generated token in the log")
+    assert len(token) >= 32
+    wait_for_jupyter(base_url, token)
+    assert jupyter_get(base_url, "/api/kernels").status_code == 403
+    env = box.attrs["Config"]["Env"]
+    assert not any(e.startswith("JUPYTER_TOKEN=") for e in env), "the generated token must not be in the config"
 
 
-def test_refuses_to_start_as_root(built, docker_client):
-    code, out = run(docker_client, built["jupyter"].tag, None, timeout=60, user="root")
+def test_refuses_to_start_as_root(built, containers):
+    code, out = containers.run(built["jupyter"].tag, None, timeout=60, user="root")
     assert code == 1 and "refusing to run as root" in out, (code, out)
 
 
-def test_image_holds_no_token_or_password(built, docker_client):
+def test_image_holds_no_token_or_password(built, docker_client, containers):
     tag = built["jupyter"].tag
     image = docker_client.images.get(tag)
     assert not [e for e in image.attrs["Config"]["Env"] if re.match(r"JUPYTER_(TOKEN|PASSWORD)=", e)]
@@ -90,7 +90,7 @@ def test_image_holds_no_token_or_password(built, docker_client):
     script = ("jupyter --paths --json; echo @@; "
               "grep -rIlE '(token|password)[\"]?[[:space:]]*[:=][[:space:]]*[\"'\\'']?[^\"'\\''[:space:]]' "
               "/etc/jupyter /usr/local/etc/jupyter /opt/venv/etc/jupyter /home/pytorch/.jupyter 2>/dev/null; true")
-    code, out = run(docker_client, tag, ["sh", "-c", script], timeout=120, entrypoint="")
+    code, out = containers.run(tag, ["sh", "-c", script], timeout=120, entrypoint="")
     assert code == 0, out
     paths, _, hits = out.partition("@@")
     assert "/opt/venv/etc/jupyter" in json.loads(paths)["config"]  # the directories grepped are the ones read
@@ -98,15 +98,15 @@ def test_image_holds_no_token_or_password(built, docker_client):
 
 
 @pytest.mark.gpu
-def test_kernel_sees_the_gpus(built, docker_client):
+def test_kernel_sees_the_gpus(built, containers):
     if not have_gpu():
         pytest.skip("no GPU: nvidia-smi sees none on this machine")
     token = secrets.token_urlsafe(24)
     gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    with container(docker_client, built["jupyter"].tag, environment={"JUPYTER_TOKEN": token},
-                   ports=LOCAL_RANDOM_PORT, device_requests=gpus) as box:
-        base_url = f"http://127.0.0.1:{published_port(box, PORT)}"
-        wait_for_jupyter(base_url, token)
-        out = run_in_kernel(base_url, token, "import torch; print(torch.cuda.is_available(), torch.cuda.device_count())")
+    box = containers.start(built["jupyter"].tag, environment={"JUPYTER_TOKEN": token},
+                           ports=LOCAL_RANDOM_PORT, device_requests=gpus)
+    base_url = f"http://127.0.0.1:{published_port(box, PORT)}"
+    wait_for_jupyter(base_url, token)
+    out = run_in_kernel(base_url, token, "import torch; print(torch.cuda.is_available(), torch.cuda.device_count())")
     available, count = out.split()
     assert available == "True" and int(count) >= 1, out

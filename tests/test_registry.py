@@ -12,7 +12,7 @@ import requests
 
 from .dockerutil import build_py, container
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.release]
 
 REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"
 

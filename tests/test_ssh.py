@@ -10,9 +10,16 @@ import docker.types
 import paramiko
 import pytest
 
-from .clients import (ComposeProject, SshClient, compose_project, have_gpu, host_key_fingerprint, published_port,
-                      wait_for)
-from .dockerutil import container, run
+from .clients import (
+    ComposeProject,
+    SshClient,
+    compose_project,
+    have_gpu,
+    host_key_fingerprint,
+    published_port,
+    wait_for,
+)
+from .dockerutil import container
 
 pytestmark = pytest.mark.docker
 
@@ -103,25 +110,24 @@ def test_root_cannot_log_in_even_with_an_authorized_key(sshd, client):
     assert client.run(sshd.port, "true").returncode == 0  # the same key still lets pytorch in
 
 
-def test_public_key_env_and_a_second_container_has_its_own_host_key(sshd, built, docker_client, client):
-    with container(docker_client, built["ssh"].tag, environment={"PUBLIC_KEY": client.public_key},
-                   ports=LOCAL_RANDOM_PORT) as box:
-        port = published_port(box, PORT)
-        client.wait(port)
-        assert client.run(port, "whoami").stdout.strip() == "pytorch"
-        assert host_key_fingerprint(port) != host_key_fingerprint(sshd.port)
+def test_public_key_env_and_a_second_container_has_its_own_host_key(sshd, built, containers, client):
+    box = containers.start(built["ssh"].tag, environment={"PUBLIC_KEY": client.public_key}, ports=LOCAL_RANDOM_PORT)
+    port = published_port(box, PORT)
+    client.wait(port)
+    assert client.run(port, "whoami").stdout.strip() == "pytorch"
+    assert host_key_fingerprint(port) != host_key_fingerprint(sshd.port)
 
 
-def test_without_a_login_key_it_says_so_and_stops(built, docker_client):
-    code, out = run(docker_client, built["ssh"].tag, None, timeout=60)
+def test_without_a_login_key_it_says_so_and_stops(built, containers):
+    code, out = containers.run(built["ssh"].tag, None, timeout=60)
     assert code == 1 and "no login key" in out, (code, out)
 
 
 @pytest.mark.parametrize("variant", ["runtime", "jupyter", "ssh"])
-def test_image_holds_no_host_key_and_no_password_hash(built, docker_client, variant):
+def test_image_holds_no_host_key_and_no_password_hash(built, docker_client, containers, variant):
     tag = built[variant].tag
     script = "find / -xdev -name 'ssh_host_*' 2>/dev/null; echo @@; cat /etc/shadow"
-    code, out = run(docker_client, tag, ["sh", "-c", script], timeout=120, user="root", entrypoint="")
+    code, out = containers.run(tag, ["sh", "-c", script], timeout=120, user="root", entrypoint="")
     assert code == 0, out
     host_keys, _, shadow = out.partition("@@")
     assert host_keys.strip() == "", f"{tag} holds host keys: {host_keys}"
@@ -167,13 +173,13 @@ def _running_services(project: ComposeProject) -> list[str]:
 
 
 @pytest.mark.gpu
-def test_a_session_sees_the_gpus(built, docker_client, client):
+def test_a_session_sees_the_gpus(built, containers, client):
     if not have_gpu():
         pytest.skip("no GPU: nvidia-smi sees none on this machine")
     gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    with container(docker_client, built["ssh"].tag, environment={"PUBLIC_KEY": client.public_key},
-                   ports=LOCAL_RANDOM_PORT, device_requests=gpus) as box:
-        port = published_port(box, PORT)
-        client.wait(port)
-        result = client.run(port, "nvidia-smi -L && python -c 'import torch; print(torch.cuda.is_available())'")
+    box = containers.start(built["ssh"].tag, environment={"PUBLIC_KEY": client.public_key},
+                           ports=LOCAL_RANDOM_PORT, device_requests=gpus)
+    port = published_port(box, PORT)
+    client.wait(port)
+    result = client.run(port, "nvidia-smi -L && python -c 'import torch; print(torch.cuda.is_available())'")
     assert result.returncode == 0 and result.stdout.strip().endswith("True"), result.stdout + result.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .clients import published_port, run_in_kernel, wait_for_jupyter
-from .dockerutil import container, removing_new_dangling_images, run, unique
+from .dockerutil import removing_new_dangling_images, unique
 from .wheels import make_wheel
 
 pytestmark = pytest.mark.docker
@@ -45,20 +45,20 @@ def pip(*args: str) -> str:
 @pytest.mark.parametrize("variant", ["runtime", "jupyter", "ssh"])
 # The image's user; any uid with the image's group, 0 (OpenShift, Kubernetes runAsGroup: 0).
 @pytest.mark.parametrize("user", ["pytorch", "12345:0"])
-def test_pip_install_works_for_the_user(built, docker_client, wheels, variant, user):
+def test_pip_install_works_for_the_user(built, containers, wheels, variant, user):
     script = f"{pip('/wheels/pcuda_demo-1.0-py3-none-any.whl')} && python -c 'import pcuda_demo, torch; print(pcuda_demo.VERSION)'"
-    code, out = run(docker_client, built[variant].tag, ["sh", "-c", script], entrypoint="", user=user,
-                    volumes=mounted(wheels))
+    code, out = containers.run(built[variant].tag, ["sh", "-c", script], entrypoint="", user=user,
+                               volumes=mounted(wheels))
     assert code == 0, out
     assert out.strip().splitlines()[-1] == "1.0"
 
 
-def test_the_venv_belongs_to_the_image_user_and_group_and_nothing_else_opens_to_group_0(built, docker_client):
+def test_the_venv_belongs_to_the_image_user_and_group_and_nothing_else_opens_to_group_0(built, containers):
     script = ("stat -c '%u:%g %a' /opt/venv /opt/venv/bin /opt/venv/lib/python3.11/site-packages "
               "/opt/venv/lib/python3.11/site-packages/torch/__init__.py /workspace; id -u; id -g; "
               "find / -xdev -group 0 -perm -g+w ! -type l ! -path '/opt/venv*' ! -path '/workspace*' "
               "! -path '/proc/*' ! -path '/tmp' ! -path '/var/tmp' ! -path '/run/lock' ! -path '/dev/*' 2>/dev/null; true")
-    code, out = run(docker_client, built["runtime"].tag, ["sh", "-c", script], entrypoint="")
+    code, out = containers.run(built["runtime"].tag, ["sh", "-c", script], entrypoint="")
     assert code == 0, out
     lines = out.strip().splitlines()
     assert lines[:5] == ["1000:0 2775", "1000:0 2775", "1000:0 2775", "1000:0 664", "1000:0 2775"], lines
@@ -66,27 +66,27 @@ def test_the_venv_belongs_to_the_image_user_and_group_and_nothing_else_opens_to_
     assert lines[7:] == [], f"group-writable for group 0 outside the venv and workspace: {lines[7:]}"
 
 
-def test_a_package_that_wants_another_torch_is_refused_and_torch_stays(built, docker_client, wheels):
+def test_a_package_that_wants_another_torch_is_refused_and_torch_stays(built, containers, wheels):
     before = "python -c 'import torch; print(torch.__version__)'"
     script = (f"{before}; {pip('--find-links /wheels wants-old-torch')}; echo exit=$?; {before}")
-    code, out = run(docker_client, built["runtime"].tag, ["sh", "-c", script], entrypoint="", volumes=mounted(wheels))
+    code, out = containers.run(built["runtime"].tag, ["sh", "-c", script], entrypoint="", volumes=mounted(wheels))
     lines = out.strip().splitlines()
     assert "exit=1" in lines, out
     assert "The user requested (constraint) torch==2.4.1" in out and "conflicting dependencies" in out, out
     assert lines[0] == lines[-1] and lines[0].startswith("2.4.1"), out
 
 
-def test_lifting_the_constraint_is_one_documented_step(built, docker_client, wheels):
+def test_lifting_the_constraint_is_one_documented_step(built, containers, wheels):
     """`PIP_CONSTRAINT= pip install ...`: pip then looks for the other torch (absent from the local folder)."""
     script = f"PIP_CONSTRAINT= {pip('--find-links /wheels wants-old-torch')}"
-    code, out = run(docker_client, built["runtime"].tag, ["sh", "-c", script], entrypoint="", volumes=mounted(wheels))
+    code, out = containers.run(built["runtime"].tag, ["sh", "-c", script], entrypoint="", volumes=mounted(wheels))
     assert code == 1 and "constraint" not in out and "No matching distribution found for torch==2.3.0" in out, out
 
 
-def test_verify_fails_when_a_cuda_package_was_replaced(built, docker_client, wheels):
+def test_verify_fails_when_a_cuda_package_was_replaced(built, containers, wheels):
     script = (f"PIP_CONSTRAINT= {pip('--no-deps /wheels/nvidia_nvtx_cu12-99.0-py3-none-any.whl')} >/dev/null && "
               "verify --only environment --json /tmp/r.json >/dev/null; echo exit=$?; cat /tmp/r.json")
-    code, out = run(docker_client, built["runtime"].tag, ["sh", "-c", script], entrypoint="", volumes=mounted(wheels))
+    code, out = containers.run(built["runtime"].tag, ["sh", "-c", script], entrypoint="", volumes=mounted(wheels))
     head, _, report = out.partition("\n{")
     assert "exit=1" in head, out
     environment = json.loads("{" + report)["checks"][0]
@@ -94,7 +94,7 @@ def test_verify_fails_when_a_cuda_package_was_replaced(built, docker_client, whe
     assert "nvidia-nvtx-cu12 is 99.0, the image was built with 12.1.105" in environment["reason"], environment
 
 
-def test_a_derived_image_installs_a_package_and_imports_it_with_torch(built, docker_client, wheels):
+def test_a_derived_image_installs_a_package_and_imports_it_with_torch(built, docker_client, containers, wheels):
     dockerfile = (f"FROM {built['runtime'].tag}\n"
                   "COPY pcuda_demo-1.0-py3-none-any.whl /tmp/\n"
                   "RUN pip install --no-index --no-cache-dir /tmp/pcuda_demo-1.0-py3-none-any.whl\n")
@@ -110,20 +110,20 @@ def test_a_derived_image_installs_a_package_and_imports_it_with_torch(built, doc
     with removing_new_dangling_images(docker_client):
         docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
         try:
-            code, out = run(docker_client, tag, ["python", "-c", "import torch, pcuda_demo; print(torch.__version__)"])
+            code, out = containers.run(tag, ["python", "-c", "import torch, pcuda_demo; print(torch.__version__)"])
             assert code == 0 and out.strip().startswith("2.4.1"), out
-        finally:
+        finally:  # force: the stopped container holds the image until the `containers` fixture removes it
             docker_client.images.remove(tag, force=True)
 
 
-def test_percent_pip_install_in_a_notebook(built, docker_client, wheels):
+def test_percent_pip_install_in_a_notebook(built, containers, wheels):
     token = "t" * 32
-    with container(docker_client, built["jupyter"].tag, environment={"JUPYTER_TOKEN": token},
-                   ports={"8888/tcp": ("127.0.0.1", None)}, volumes=mounted(wheels)) as box:
-        base_url = f"http://127.0.0.1:{published_port(box, '8888/tcp')}"
-        wait_for_jupyter(base_url, token)
-        out = run_in_kernel(base_url, token, "%pip install --no-index /wheels/pcuda_demo-1.0-py3-none-any.whl\n"
-                                             "import importlib, pcuda_demo; print('imported', pcuda_demo.VERSION)")
+    box = containers.start(built["jupyter"].tag, environment={"JUPYTER_TOKEN": token},
+                           ports={"8888/tcp": ("127.0.0.1", None)}, volumes=mounted(wheels))
+    base_url = f"http://127.0.0.1:{published_port(box, '8888/tcp')}"
+    wait_for_jupyter(base_url, token)
+    out = run_in_kernel(base_url, token, "%pip install --no-index /wheels/pcuda_demo-1.0-py3-none-any.whl\n"
+                                         "import importlib, pcuda_demo; print('imported', pcuda_demo.VERSION)")
     assert "Successfully installed pcuda-demo-1.0" in out and "imported 1.0" in out, out
 
 

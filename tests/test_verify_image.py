@@ -5,17 +5,15 @@ import json
 
 import pytest
 
-from .dockerutil import build_py, container, run
+from .dockerutil import TrackedContainers, build_py
 
 pytestmark = pytest.mark.docker
 
 
-def _verify_report(docker_client, tag: str, *args: str, **run_kwargs) -> tuple[int, dict, str]:
+def _verify_report(containers: TrackedContainers, tag: str, *args: str, **run_kwargs) -> tuple[int, dict, str]:
     """Run `verify --json` in a container and read the report back out of it."""
     script = f"verify --json /tmp/report.json {' '.join(args)}; code=$?; echo '@@REPORT@@'; cat /tmp/report.json; exit $code"
-    with container(docker_client, tag, ["sh", "-c", script], entrypoint="", **run_kwargs) as box:
-        code = box.wait(timeout=300)["StatusCode"]
-        output = box.logs().decode(errors="replace")
+    code, output = containers.run(tag, ["sh", "-c", script], timeout=300, entrypoint="", **run_kwargs)
     table, _, report = output.partition("@@REPORT@@")
     return code, json.loads(report), table
 
@@ -24,9 +22,9 @@ def _checks(report: dict) -> dict[str, dict]:
     return {check["name"]: check for check in report["checks"]}
 
 
-def test_verify_passes_in_the_runtime_image_without_gpu(built, docker_client):
+def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
     spec = built["runtime"]
-    code, report, table = _verify_report(docker_client, spec.tag, shm_size="1g")
+    code, report, table = _verify_report(containers, spec.tag, shm_size="1g")
     assert code == 0, table
     checks = _checks(report)
     for name in ("environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"):
@@ -38,7 +36,7 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, docker_client):
     # The versions verify read from the loaded libraries (not the manifest's promise) are what torch
     # itself reports in a separate process, and the matrix's.
     probe = "import torch; print(torch.backends.cudnn.version(), '.'.join(map(str, torch.cuda.nccl.version()[:3])))"
-    code, out = run(docker_client, spec.tag, ["python", "-c", probe])
+    code, out = containers.run(spec.tag, ["python", "-c", probe])
     cudnn_code, nccl = out.strip().splitlines()[-1].split()
     assert checks["nccl"]["figures"]["version"] == nccl == spec.build.nccl, checks["nccl"]["figures"]
     major, minor, patch = (int(part) for part in spec.build.cudnn.split(".")[:3])
@@ -46,48 +44,48 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, docker_client):
     assert checks["cudnn"]["figures"]["runtime"] == f"{major}.{minor}.{patch}", checks["cudnn"]["figures"]
 
 
-def test_verify_compile_runs_as_the_non_root_user(built, docker_client):
-    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "compile")
+def test_verify_compile_runs_as_the_non_root_user(built, containers):
+    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "compile")
     assert code == 0, table
     figures = _checks(report)["compile"]["figures"]  # read from the process (geteuid), not the manifest
     assert (figures["user"], figures["uid"], figures["root"]) == ("pytorch", 1000, False), figures
 
 
-def test_verify_reports_the_user_it_really_ran_as(built, docker_client):
+def test_verify_reports_the_user_it_really_ran_as(built, containers):
     """Run as root, the figure changes with it (the manifest still says pytorch): it is measured."""
-    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "compile", user="0")
+    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "compile", user="0")
     assert code == 0, table
     figures = _checks(report)["compile"]["figures"]
     assert (figures["user"], figures["uid"], figures["root"]) == ("root", 0, True), figures
     assert figures["image_user"] == "pytorch"
 
 
-def test_a_cudnn_torch_refuses_is_explained(built, docker_client):
+def test_a_cudnn_torch_refuses_is_explained(built, containers):
     """torch raises on a cuDNN of another major (e.g. one LD_LIBRARY_PATH brought in): say where to look."""
-    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "cudnn",
+    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "cudnn",
                                          environment={"VERIFY_FAULT": "cudnn:runtime-mismatch"})
     cudnn = _checks(report)["cudnn"]
     assert code == 1 and cudnn["status"] == "fail", cudnn
     assert "cuDNN version incompatibility" in cudnn["reason"] and "LD_LIBRARY_PATH" in cudnn["reason"]
 
 
-def test_tiny_shm_fails_with_the_fix(built, docker_client):
+def test_tiny_shm_fails_with_the_fix(built, containers):
     """Docker's default /dev/shm is 64 MB; with 1 MB a DataLoader with workers cannot share tensors."""
-    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "shm", shm_size="1m")
+    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "shm", shm_size="1m")
     shm = _checks(report)["shm"]
     assert code == 1 and shm["status"] == "fail", shm
     assert "--shm-size" in shm["reason"] or "ipc" in shm["reason"], shm["reason"]
 
 
-def test_default_docker_shm_warns(built, docker_client):
-    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "shm")
+def test_default_docker_shm_warns(built, containers):
+    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "shm")
     shm = _checks(report)["shm"]
     assert shm["status"] in ("warn", "fail"), shm  # 64 MB: too small for real DataLoader work
     assert "--shm-size" in shm["reason"], shm["reason"]
 
 
-def test_require_gpu_fails_on_this_machine(built, docker_client):
-    code, report, table = _verify_report(docker_client, built["runtime"].tag, "--only", "cuda,driver", "--require-gpu")
+def test_require_gpu_fails_on_this_machine(built, containers):
+    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "cuda,driver", "--require-gpu")
     assert code == 1
     assert {c["status"] for c in report["checks"]} == {"fail"}
 
@@ -112,9 +110,9 @@ def test_preflight_of_a_missing_image_is_one_line():
     assert "is not here" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_verify_reports_the_lock_digest(built, docker_client):
+def test_verify_reports_the_lock_digest(built, docker_client, containers):
     spec = built["runtime"]
-    code, report, table = _verify_report(docker_client, spec.tag, "--only", "environment")
+    code, report, table = _verify_report(containers, spec.tag, "--only", "environment")
     assert code == 0, table
     expected = docker_client.images.get(spec.tag).labels["io.pytorch-cuda.lock-digest"]
     assert expected.startswith("sha256:")
