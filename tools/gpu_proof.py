@@ -57,8 +57,9 @@ def step(name: str, command: List[str], timeout_s: int, out: Path, capture: str 
 def _no_skips(result: Dict[str, Any], junit: Path) -> Dict[str, Any]:
     """On a GPU machine a skipped `gpu` test proves nothing: count it as a failure."""
     try:
-        suite = ET.parse(junit).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        root = ET.parse(junit).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        assert suite is not None
         result["tests"], result["skipped"] = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
     except (OSError, ET.ParseError, AttributeError):
         return result
