@@ -59,7 +59,8 @@ def _no_skips(result: Dict[str, Any], junit: Path) -> Dict[str, Any]:
     try:
         root = ET.parse(junit).getroot()
         suite = root if root.tag == "testsuite" else root.find("testsuite")
-        assert suite is not None
+        if suite is None:
+            return result
         result["tests"], result["skipped"] = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
     except (OSError, ET.ParseError, AttributeError):
         return result
