@@ -62,16 +62,38 @@ def debian_suite(image: str) -> str | None:
     return match.group("suite") if match else None
 
 
-def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_config: list[Path]) -> list[str]:
-    """The command that writes a minbase root filesystem tarball for `suite` to `output`."""
+def security_mirror(mirror: str) -> str:
+    """Debian's security suite lives beside the archive: .../debian -> .../debian-security."""
+    return mirror.rstrip("/") + "-security" if mirror.rstrip("/").endswith("/debian") else mirror
+
+
+def debian_sources(suite: str, mirror: str) -> str:
+    """/etc/apt/sources.list.d/debian.sources as Debian's own images have it: main, updates and security."""
+    return (f"Types: deb\nURIs: {mirror.rstrip('/')}\nSuites: {suite} {suite}-updates\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            f"Types: deb\nURIs: {security_mirror(mirror)}\nSuites: {suite}-security\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+
+
+def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_config: list[Path],
+                      sources: Path | None = None) -> list[str]:
+    """The command that writes a minbase root filesystem tarball for `suite` to `output`.
+
+    mmdebstrap installs from the three suites at once, so the base starts with the security fixes
+    of the day; `sources` (debian.sources) replaces the one-line sources.list it leaves.
+    """
     if shutil.which("mmdebstrap"):
         command = ["mmdebstrap", "--variant=minbase", "--quiet"]
         if slim:
             command += [f"--dpkgopt={opt}" for opt in SLIM_EXCLUDES]
         command += [f"--customize-hook=copy-in {path} /etc/apt/apt.conf.d" for path in apt_config]
+        if sources is not None:
+            command += [f"--customize-hook=copy-in {sources} /etc/apt/sources.list.d",
+                        "--customize-hook=rm -f \"$1\"/etc/apt/sources.list"]
         # apt's package lists and caches are not part of a Debian base image.
         command += ["--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/*.bin",
-                    suite, str(output), mirror]
+                    suite, str(output), f"deb {mirror} {suite} main", f"deb {mirror} {suite}-updates main",
+                    f"deb {security_mirror(mirror)} {suite}-security main"]
         return command
     if shutil.which("debootstrap"):
         # debootstrap writes a directory; the caller tars it.
@@ -96,13 +118,17 @@ def make_debian_image(
     with tempfile.TemporaryDirectory(prefix="pytorch-cuda-base-") as tmp:
         target = Path(tmp) / "rootfs.tar"
         apt_config = write_apt_config(Path(tmp) / "apt.conf.d")
-        command = bootstrap_command(suite, slim, mirror, target, apt_config)
+        sources = Path(tmp) / "debian.sources"
+        sources.write_text(debian_sources(suite, mirror))
+        command = bootstrap_command(suite, slim, mirror, target, apt_config, sources)
         say(f"making {image} from Debian packages ({command[0]} {suite}, {mirror})")
         if command[0] == "debootstrap":
             rootfs = Path(tmp) / "rootfs"
             command[-2] = str(rootfs)
             _run(command, image)
             write_apt_config(rootfs / "etc/apt/apt.conf.d")
+            (rootfs / "etc/apt/sources.list").unlink(missing_ok=True)
+            (rootfs / "etc/apt/sources.list.d/debian.sources").write_text(debian_sources(suite, mirror))
             shutil.rmtree(rootfs / "var/lib/apt/lists", ignore_errors=True)
             _run(["tar", "-C", str(rootfs), "-cf", str(target), "."], image)
         else:
