@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("--cuda", help="CUDA version, e.g. 12.1: picks the newest torch built for it")
     pick.add_argument("--torch", help="torch release (2.4.1) or minor (2.4)")
     pick.add_argument("--python", help="Python version of the image (default: the base image's, 3.11)")
-    pick.add_argument("--variant", action="append", choices=plan.VARIANTS, help="repeatable; default: all three")
+    pick.add_argument("--variant", action="append", choices=plan.VARIANTS,
+                      help="repeatable; default: runtime, jupyter, ssh (--render, --ci-matrix: all four)")
     pick.add_argument("--all", action="store_true", help="every tag of the matrix")
     where = p.add_argument_group("where from, where to")
     where.add_argument("--base", help="base image (default from images/bases.json, e.g. debian:bookworm-slim)")
@@ -51,11 +52,12 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--no-cache", action="store_true", help="build without the layer cache")
     how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
     how.add_argument("--no-alias", action="store_true", help="do not apply the short vX.Y aliases (CI moves them)")
-    how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON (one "
-                                                              "entry per tag; --variant filters) and exit")
+    how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON and exit")
     how.add_argument("--verify", action="store_true", help="run `verify` inside each image built (with its GPUs)")
-    how.add_argument("--preflight", metavar="TAG", help="say whether image TAG can use this host's GPUs, before "
-                                                        "starting any container (or pulling it)")
+    how.add_argument("--preflight", metavar="TAG", help="say whether image TAG can use this host's GPUs (no container)")
+    how.add_argument("--sbom", metavar="TAG", help="print the CycloneDX bill of materials of image TAG")
+    how.add_argument("--audit", metavar="TAG", help="Debian packages with security updates waiting, and Python "
+                                                    "packages with known vulnerabilities, in image TAG")
     how.add_argument("-v", "--verbose", action="store_true", help="print the builder's full output")
     k8s = p.add_argument_group("kubernetes")
     k8s.add_argument("--k8s-job", metavar="TAG", help="print an Indexed Job + headless Service that runs `torchrun "
@@ -63,18 +65,6 @@ def parser() -> argparse.ArgumentParser:
     k8s.add_argument("--nodes", type=int, metavar="N", help="--k8s-job: pods (nodes), one torchrun each")
     k8s.add_argument("--gpus-per-node", type=int, default=1, metavar="G", help="--k8s-job: GPUs (and ranks) per pod")
     return p
-
-
-def preflight(ref: str) -> int:
-    from . import preflight as checks
-
-    source, findings = checks.judge(ref)
-    print(f"judging {ref} from {source}")
-    print(tables.table(["CHECK", "FINDING"], [[f.status, f.message] for f in findings]))
-    failed = [f for f in findings if f.status == "fail"]
-    print(f"{ref}: " + (f"cannot use this host's GPUs ({len(failed)} problem(s))" if failed
-                        else "can use this host's GPUs"))
-    return EXIT_FAILED if failed else EXIT_OK
 
 
 def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> int:
@@ -106,7 +96,11 @@ def run(argv: list[str] | None = None) -> int:
     if args.push and not args.registry:
         raise UsageError("--push needs --registry (e.g. --registry ghcr.io/acme)")
     if args.preflight:
-        return preflight(args.preflight)
+        from . import preflight
+        return preflight.command(args.preflight)
+    if args.sbom or args.audit:
+        from . import audit
+        return audit.sbom_command(args.sbom) if args.sbom else audit.audit_command(args.audit)
     if args.k8s_job or args.nodes is not None:
         if not (args.k8s_job and args.nodes is not None):
             raise UsageError("--k8s-job TAG and --nodes N go together")
@@ -119,7 +113,8 @@ def run(argv: list[str] | None = None) -> int:
         print(tables.matrix_table(m))
         return EXIT_OK
     builds = m.select(cuda=args.cuda, torch=args.torch, python=args.python, every_tag=args.all)
-    specs = plan.image_specs(m, builds, variants=tuple(args.variant or plan.VARIANTS), python=args.python,
+    every = plan.VARIANTS if args.render or args.ci_matrix else plan.DEFAULT_VARIANTS
+    specs = plan.image_specs(m, builds, variants=tuple(args.variant or every), python=args.python,
                              base_image=args.base, registry=args.registry)
     if args.ci_matrix:
         print(json.dumps(plan.ci_matrix(specs), separators=(",", ":")))

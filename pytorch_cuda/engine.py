@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import tarfile
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol
@@ -48,10 +49,20 @@ class Engine(Protocol):
     def runtimes(self) -> tuple[str, ...]: ...
     def cdi_spec_dirs(self) -> tuple[str, ...]: ...
     def run_verify(self, reference: str, timeout: int = 600) -> tuple[int, str]: ...
+    def read_file(self, reference: str, path: str) -> bytes | None: ...
+    def run_script(self, reference: str, script: str, timeout: int = 600) -> tuple[int, str]: ...
+    def relabel(self, image_id: str, labels: dict[str, str]) -> str: ...
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def _said(tail: Iterable[str]) -> str:
+    """What our own build steps said when they stopped ('pytorch-cuda: error: ...'): clearer than the
+    builder's 'returned a non-zero code'."""
+    said = [line.split("pytorch-cuda: error: ", 1)[1] for line in tail if "pytorch-cuda: error: " in line]
+    return said[-1] if said else ""
 
 
 class DockerEngine:
@@ -77,7 +88,7 @@ class DockerEngine:
             for chunk in stream:
                 if "error" in chunk:
                     message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                    raise BuildFailed(tag, step, _one_line(message), list(tail))
+                    raise BuildFailed(tag, step, _said(tail) or _one_line(message), list(tail))
                 for line in _ANSI.sub("", chunk.get("stream", "")).splitlines():
                     line = line.rstrip()
                     if not line:
@@ -171,6 +182,44 @@ class DockerEngine:
             return code, box.logs().decode(errors="replace")
         finally:
             box.remove(force=True)
+
+
+    def read_file(self, reference: str, path: str) -> bytes | None:
+        """A file of an image, read from a created (never started) container; None when it has none."""
+        box = self.client.containers.create(reference, ["true"], entrypoint="")
+        try:
+            stream, _ = box.get_archive(path)
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.next()
+                handle = tar.extractfile(member) if member is not None else None
+                return handle.read() if handle is not None else None
+        except docker.errors.NotFound:
+            return None
+        finally:
+            box.remove(force=True)
+
+    def run_script(self, reference: str, script: str, timeout: int = 600) -> tuple[int, str]:
+        """Run a shell script as root in a fresh container of `reference`: (exit code, stdout and stderr)."""
+        box = self.client.containers.run(reference, ["sh", "-c", script], entrypoint="", user="0", detach=True)
+        try:
+            try:
+                code = box.wait(timeout=timeout)["StatusCode"]
+            except requests.exceptions.RequestException:
+                return 124, f"did not finish in {timeout} s"
+            return code, box.logs().decode(errors="replace")
+        finally:
+            box.remove(force=True)
+
+    def relabel(self, image_id: str, labels: dict[str, str]) -> str:
+        """The same image with more labels: a metadata-only build step (no layer), cached like any other."""
+        dockerfile = f"FROM {image_id}\n".encode()
+        context = io.BytesIO()
+        with tarfile.open(fileobj=context, mode="w") as tar:
+            info = tarfile.TarInfo("Dockerfile")
+            info.size = len(dockerfile)
+            tar.addfile(info, io.BytesIO(dockerfile))
+        context.seek(0)
+        return self.build(f"labels of {image_id[:19]}", context, "Dockerfile", {}, labels=labels)
 
 
 def connect(timeout: int = 600) -> DockerEngine:

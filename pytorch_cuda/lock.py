@@ -1,6 +1,7 @@
 """Lock files: the exact Python packages of each image, with hashes, resolved from the tag's index.
 
     python -m pytorch_cuda.lock --all              # (re)write images/<tag>/<variant>.lock
+    python -m pytorch_cuda.lock --all --variant devel   # only the devel locks
     python -m pytorch_cuda.lock --cuda 12.1 --check  # exit 1 if the index now resolves differently
 
 Builds install a lock with `pip --require-hashes --no-deps`, so an ordinary build never drifts;
@@ -11,16 +12,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from . import matrix, plan
+from . import lockfile, matrix, plan
 from .errors import PytorchCudaError
 
 # Debian bookworm's glibc; uv picks wheels that run there.
 PYTHON_PLATFORM = "x86_64-manylinux_2_36"
-LOCKED_VARIANTS = ("runtime", "jupyter")
+LOCKED_VARIANTS = ("runtime", "jupyter", "devel")
 
 
 def header(spec: plan.ImageSpec) -> str:
@@ -60,9 +62,18 @@ def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Pat
     if spec.variant == "runtime":
         body = compile_lock(list(spec.build.requirements), spec.python, spec.build.index_url)
     else:
-        # The variant's own packages, resolved so that nothing of the runtime changes.
-        body = compile_lock(list(packages), spec.python, matrix.PYPI_URL, constraints=runtime_lock)
+        # The variant's own packages (devel: its build tools and, for CUDA 13, the compiler's wheels),
+        # resolved so that nothing of the runtime changes.
+        wanted = list(packages)
+        if spec.variant == "devel":  # the compiler's wheels the runtime does not have already
+            have = lockfile.pins(runtime_lock) if runtime_lock else {}
+            wanted += [pin for pin in spec.build.devel.get("pip", ()) if _name(pin) not in have]
+        body = compile_lock(wanted, spec.python, matrix.PYPI_URL, constraints=runtime_lock)
     return header(spec) + body
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[=<>!~ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -70,6 +81,8 @@ def run(argv: list[str] | None = None) -> int:
     parser.add_argument("--cuda")
     parser.add_argument("--torch")
     parser.add_argument("--all", action="store_true")
+    parser.add_argument("--variant", action="append", choices=LOCKED_VARIANTS,
+                        help="repeatable; default: every locked variant (a new variant's locks alone: --variant devel)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a lock would change")
     args = parser.parse_args(argv)
     m = matrix.load()
@@ -81,7 +94,7 @@ def run(argv: list[str] | None = None) -> int:
     else:
         parser.error("say which tags: --cuda, --torch or --all")
     changed = []
-    for spec in plan.image_specs(m, builds, variants=LOCKED_VARIANTS):
+    for spec in plan.image_specs(m, builds, variants=tuple(args.variant or LOCKED_VARIANTS)):
         text = lock_text(spec, m.variant_packages.get(spec.variant, ()), spec.directory / "runtime.lock")
         path = spec.lock
         if not path.exists() or path.read_text() != text:

@@ -22,13 +22,13 @@ BASES_FILE = IMAGES_DIR / "bases.json"
 VARIANTS_FILE = IMAGES_DIR / "variants.json"
 PYPI = "pypi"
 PYPI_URL = "https://pypi.org/simple"
-SCHEMA = 2  # of images/matrix.json; 2: min_driver became toolkit_driver, driver_floor was added
+SCHEMA = 3  # of images/matrix.json; 2: min_driver became toolkit_driver, driver_floor was added; 3: devel
 # Every key of a matrix.json entry: the MatrixEntry fields plus what the generator records of how it
 # matched companions and found the archs (kept for review, not used by builds).
 ENTRY_KEYS = frozenset({
     "torch", "cuda", "index", "pythons", "torchvision", "torchvision_match", "torchaudio", "torchaudio_match",
     "triton", "cuda_runtime", "cudnn", "nccl", "cublas", "nvidia_packages", "archs", "archs_source",
-    "toolkit_driver", "driver_floor",
+    "toolkit_driver", "driver_floor", "devel",
 })
 
 
@@ -63,6 +63,9 @@ class MatrixEntry:
     cublas: str
     nvidia_packages: Mapping[str, str] = field(compare=False)
     archs: tuple[str, ...] | None
+    # The CUDA compiler of this release for the devel image: its version ('toolkit'), and either PyPI
+    # wheels ('pip': CUDA 13) or NVIDIA apt packages ('apt': package -> version, CUDA 12).
+    devel: Mapping[str, Any] = field(compare=False)
     toolkit_driver: str  # the Linux driver of this CUDA release
     driver_floor: str  # the oldest driver that runs this CUDA major (minor version compatibility)
 
@@ -72,13 +75,17 @@ class MatrixEntry:
 
     @property
     def requirements(self) -> tuple[str, ...]:
-        """The pins pip installs; the nvidia-* libraries follow from torch's own exact pins."""
+        """What the runtime lock resolves; the nvidia-* libraries follow from torch's own exact pins.
+
+        pip and setuptools too: the venv would otherwise keep the ones Debian's ensurepip seeded it
+        with (pip 23.0, setuptools 66 on bookworm, both with fixed vulnerabilities), unlocked.
+        """
         pins = [f"torch=={self.torch}"]
         if self.torchvision:
             pins.append(f"torchvision=={self.torchvision}")
         if self.torchaudio:
             pins.append(f"torchaudio=={self.torchaudio}")
-        return tuple(pins)
+        return (*pins, "pip", "setuptools")
 
     def short(self) -> str:
         return f"torch {self.torch} / CUDA {self.cuda} ({self.index})"
@@ -214,6 +221,7 @@ def _build_from_json(entry: Mapping[str, Any], indexes: Mapping[str, str]) -> Ma
         cublas=entry["cublas"],
         nvidia_packages=dict(entry["nvidia_packages"]),
         archs=tuple(entry["archs"]) if entry.get("archs") else None,
+        devel=dict(entry["devel"]),
         toolkit_driver=entry["toolkit_driver"],
         driver_floor=entry["driver_floor"],
     )

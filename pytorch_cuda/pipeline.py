@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from verify import manifest as contract
+from verify import sbom
+
 from . import baseimage, render
 from .engine import BuildEvents, Engine
 from .errors import BuildFailed
@@ -85,6 +88,8 @@ def context_files(spec: ImageSpec, dockerfile: str) -> dict[str, bytes]:
         render.repo_path(spec.manifest): render.render_manifest(spec).encode(),
         render.repo_path(spec.constraints): render.render_constraints(spec).encode(),
         render.repo_path(spec.lock): spec.lock.read_bytes(),
+        # Every variant's bill of materials carries the runtime lock's hashes too.
+        render.repo_path(spec.directory / "runtime.lock"): (spec.directory / "runtime.lock").read_bytes(),
     }
 
 
@@ -137,6 +142,10 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
             progress.say(f"    | {line}")
         progress.say(f"error: {err}")
         return BuildResult(spec.tag, "failed", progress.elapsed(), note=err.message[:80]), None
+    # The SBOM the build wrote is known only now: its digest becomes a label (a metadata-only step).
+    bom = engine.read_file(image_id, contract.SBOM_PATH)
+    if bom is not None:
+        image_id = engine.relabel(image_id, {contract.SBOM_LABEL: sbom.digest(bom.decode())})
     # Tags only now: a failed build never leaves a tag pointing at a half-made image.
     engine.tag(image_id, (spec.tag,))
     progress.finish("built")

@@ -12,7 +12,10 @@ from typing import Any
 from . import lockfile, refs
 from .matrix import IMAGES_DIR, Matrix, MatrixEntry
 
-VARIANTS = ("runtime", "jupyter", "ssh")
+VARIANTS = ("runtime", "jupyter", "ssh", "devel")  # every variant: rendered, locked, in the CI matrix
+# What `build.py --cuda X` builds without --variant: devel is built when asked for (CUDA 12 lines
+# need NVIDIA's apt repository).
+DEFAULT_VARIANTS = ("runtime", "jupyter", "ssh")
 REPOSITORY = "pytorch-cuda"
 IMAGE_USER = "pytorch"
 IMAGE_UID = 1000
@@ -35,6 +38,7 @@ class ImageSpec:
     lock_digest: str = ""  # of this image's lock file; "" while it has none
     runtime_lock_digest: str = ""
     runtime_pins: tuple[tuple[str, str], ...] = ()  # (name, version) of every package the runtime lock pins
+    lock_pins: tuple[tuple[str, str], ...] = ()  # the same of this image's own lock
 
     @property
     def stem(self) -> str:
@@ -73,24 +77,29 @@ class ImageSpec:
         return self.directory / self.variant / "Dockerfile"
 
     @property
+    def own_directory(self) -> Path:
+        """Where a variant with its own contract keeps it: devel (it adds the CUDA compiler)."""
+        return self.directory / "devel" if self.variant == "devel" else self.directory
+
+    @property
     def manifest(self) -> Path:
-        return self.directory / "manifest.json"
+        return self.own_directory / "manifest.json"
 
     @property
     def constraints(self) -> Path:
         """The pip constraints (the CUDA torch packages, from the runtime lock) every pip run in the image obeys."""
-        return self.directory / "constraints.txt"
+        return self.own_directory / "constraints.txt"
 
     @property
     def lock(self) -> Path:
         """The lock pip installs from; ssh adds no Python package, so it carries the runtime's."""
-        return self.directory / f"{'jupyter' if self.variant == 'jupyter' else 'runtime'}.lock"
+        return self.directory / f"{'runtime' if self.variant == 'ssh' else self.variant}.lock"
 
 
 def image_specs(
     matrix: Matrix,
     builds: list[MatrixEntry],
-    variants: tuple[str, ...] = VARIANTS,
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
     python: str | None = None,
     base_image: str | None = None,
     registry: str | None = None,
@@ -115,7 +124,8 @@ def image_specs(
             runtime_lock = spec.directory / "runtime.lock"
             specs.append(replace(spec, lock_digest=lockfile.digest(spec.lock),
                                  runtime_lock_digest=lockfile.digest(runtime_lock),
-                                 runtime_pins=tuple(sorted(lockfile.pins(runtime_lock).items()))))
+                                 runtime_pins=tuple(sorted(lockfile.pins(runtime_lock).items())),
+                                 lock_pins=tuple(sorted(lockfile.pins(spec.lock).items()))))
     return specs
 
 

@@ -150,3 +150,16 @@ def judge(ref: str) -> tuple[str, list[Finding]]:
         raise PytorchCudaError(f"image {ref} is not here and is not a tag of the matrix: build it (build.py) or "
                                "pull it first")
     return source, evaluate(image, host_facts(runtimes, cdi_dirs, docker_problem=docker_problem))
+
+
+def command(ref: str) -> int:
+    """`build.py --preflight TAG`: the findings as a table; exit 1 when one fails."""
+    from .tables import table
+
+    source, findings = judge(ref)
+    print(f"judging {ref} from {source}")
+    print(table(["CHECK", "FINDING"], [[f.status, f.message] for f in findings]))
+    failed = [f for f in findings if f.status == compat.FAIL]
+    print(f"{ref}: " + (f"cannot use this host's GPUs ({len(failed)} problem(s))" if failed
+                        else "can use this host's GPUs"))
+    return 1 if failed else 0

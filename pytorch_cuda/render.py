@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
@@ -49,8 +50,10 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         constraints_path=repo_path(spec.constraints),
         manifest_path=repo_path(spec.manifest),
         lock_path=repo_path(spec.lock),
+        sbom_locks=[repo_path(lock) for lock in dict.fromkeys((spec.directory / "runtime.lock", spec.lock))],
         labels=labels(spec),
         require_cuda=compat.require_cuda(spec.build.cuda),
+        **(devel_values(spec) if spec.variant == "devel" else {}),
     )
     # Blank runs left by empty blocks are noise in a reviewed file.
     lines: list[str] = []
@@ -58,6 +61,39 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         if line.strip() or (lines and lines[-1].strip()):
             lines.append(line.rstrip())
     return "\n".join(lines).strip("\n") + "\n"
+
+
+# The wheels whose headers a CUDA 12 devel image links into CUDA_HOME/include: the libraries torch
+# links (CUDA 13's wheels share one tree, CUDA_HOME itself).
+WHEEL_INCLUDES = ("cublas", "cusparse", "cusolver", "curand", "cufft", "cuda_nvrtc", "nvtx", "cudnn", "nccl")
+
+
+def cuda_home(spec: ImageSpec) -> str:
+    """Where the devel image's toolkit lives: NVIDIA's apt layout, or the tree CUDA 13's wheels share."""
+    if spec.build.devel.get("apt"):
+        return f"/usr/local/cuda-{spec.build.cuda}"
+    return f"{site_packages(spec)}/nvidia/cu{compat.cuda_major(spec.build.cuda)}"
+
+
+def site_packages(spec: ImageSpec) -> str:
+    return f"/opt/venv/lib/python{spec.python}/site-packages"
+
+
+def torch_arch_list(archs: tuple[str, ...] | None) -> str:
+    """TORCH_CUDA_ARCH_LIST for the image's archs: 'sm_86 sm_100' -> '8.6;10.0'."""
+    return ";".join(f"{int(a[3:]) // 10}.{int(a[3:]) % 10}" for a in archs or () if a.startswith("sm_") and a[3:].isdigit())
+
+
+def devel_values(spec: ImageSpec) -> dict[str, object]:
+    devel = spec.build.devel
+    return {
+        "devel": devel,
+        "cuda_home": cuda_home(spec),
+        "cuda_major": compat.cuda_major(spec.build.cuda),
+        "torch_arch_list": torch_arch_list(spec.build.archs),
+        "apt_packages": [f"{name}={version}" for name, version in sorted(devel.get("apt", {}).items())],
+        "wheel_includes": [f"{site_packages(spec)}/nvidia/{name}/include" for name in WHEEL_INCLUDES],
+    }
 
 
 def image_manifest(spec: ImageSpec) -> contract.Manifest:
@@ -72,27 +108,32 @@ def image_manifest(spec: ImageSpec) -> contract.Manifest:
     def exact(component: str, declared: str | None) -> str | None:
         return lockfile.component_version(locked, component) or declared
 
-    return contract.Manifest(
-        path=contract.DEFAULT_PATH,
-        tag=spec.stem,
-        torch=build.torch,
-        torchvision=build.torchvision,
-        torchaudio=build.torchaudio,
-        triton=locked.get("triton") or locked.get("pytorch-triton") or build.triton,
-        cuda=build.cuda,
-        cuda_runtime=exact("nvidia-cuda-runtime", build.cuda_runtime),
-        cudnn=exact("nvidia-cudnn", build.cudnn),
-        nccl=exact("nvidia-nccl", build.nccl),
-        cublas=exact("nvidia-cublas", build.cublas),
-        python=spec.python,
-        archs=tuple(build.archs or ()),
-        driver_floor=build.driver_floor,
-        toolkit_driver=build.toolkit_driver,
-        index=build.index_url,
-        user=IMAGE_USER,
-        lock_digest=spec.runtime_lock_digest,
-        packages={name: version for name, version in locked.items() if lockfile.is_cuda_stack(name)},
-    )
+    promise: dict[str, Any] = {
+        "path": contract.DEFAULT_PATH,
+        "tag": spec.stem,
+        "torch": build.torch,
+        "torchvision": build.torchvision,
+        "torchaudio": build.torchaudio,
+        "triton": locked.get("triton") or locked.get("pytorch-triton") or build.triton,
+        "cuda": build.cuda,
+        "cuda_runtime": exact("nvidia-cuda-runtime", build.cuda_runtime),
+        "cudnn": exact("nvidia-cudnn", build.cudnn),
+        "nccl": exact("nvidia-nccl", build.nccl),
+        "cublas": exact("nvidia-cublas", build.cublas),
+        "python": spec.python,
+        "archs": tuple(build.archs or ()),
+        "driver_floor": build.driver_floor,
+        "toolkit_driver": build.toolkit_driver,
+        "index": build.index_url,
+        "user": IMAGE_USER,
+        "lock_digest": spec.runtime_lock_digest,
+        "packages": {name: version for name, version in locked.items() if lockfile.is_cuda_stack(name)},
+    }
+    if spec.variant == "devel":  # it promises its compiler too, and the CUDA wheels of its own lock
+        with_devel = locked | dict(spec.lock_pins)
+        promise.update(toolkit=spec.build.devel["toolkit"], lock_digest=spec.lock_digest,
+                       packages={n: v for n, v in sorted(with_devel.items()) if lockfile.is_cuda_stack(n)})
+    return contract.Manifest(**promise)
 
 
 def labels(spec: ImageSpec) -> dict[str, str]:

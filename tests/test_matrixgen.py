@@ -479,6 +479,19 @@ def _serve_cu121_index(handler: type[_Handler]) -> None:
         f'<a href="/whl/{name.replace("+", "%2B")}#sha256={"0" * 64}">{name}</a>'.encode(),
         "text/html",
     )
+    # Two CUDA 12.1 releases of PyPI's cuda-toolkit: only 12.1.1 pins the runtime torch pins.
+    toolkits = {"12.1.0": ("12.1.55", "12.1.0.26", "12.1.66", "12.1.55"),
+                "12.1.1": ("12.1.105", "12.1.3.1", "12.1.105", "12.1.109")}
+    handler.files["/whl/cuda-toolkit/"] = ("".join(
+        f'<a href="/whl/cuda_toolkit-{v}-py2.py3-none-any.whl">cuda_toolkit-{v}-py2.py3-none-any.whl</a>'
+        for v in toolkits).encode(), "text/html")
+    for version, (cudart, cublas, nvcc, cccl) in toolkits.items():
+        handler.files[f"/whl/cuda_toolkit-{version}-py2.py3-none-any.whl.metadata"] = (
+            (f"Name: cuda-toolkit\nVersion: {version}\n"
+             f"Requires-Dist: nvidia-cuda-runtime-cu12=={cudart}.*; extra == 'cudart'\n"
+             f"Requires-Dist: nvidia-cublas-cu12=={cublas}.*; extra == 'cublas'\n"
+             f"Requires-Dist: nvidia-cuda-nvcc-cu12=={nvcc}.*; extra == 'nvcc'\n"
+             f"Requires-Dist: nvidia-cuda-cccl-cu12=={cccl}.*; extra == 'cccl'\n").encode(), "text/plain")
     for project, version in (("torchvision", "0.19.1"), ("torchaudio", "2.4.1")):
         comp = f"{project}-{version}+cu121-cp312-cp312-linux_x86_64.whl"
         handler.files[f"/whl/{project}/"] = (f'<a href="/whl/{comp}">{comp}</a>'.encode(), "text/html")
@@ -491,7 +504,7 @@ def test_index_html_fallback_and_arch_read_end_to_end(server):
     base, handler = server
     _serve_cu121_index(handler)
     drivers = pins.DriverTable({"12.1": "530.30.02"}, {"12": "525.60.13"})
-    r = entries.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0))
+    r = entries.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0), devel=DEVEL)
     builds = r.run("2.1")
     assert len(builds) == 1
     b = builds[0]
@@ -502,6 +515,37 @@ def test_index_html_fallback_and_arch_read_end_to_end(server):
     assert b["archs_source"] == "torch/lib/libtorch_python.so"
     assert b["toolkit_driver"] == "530.30.02" and b["driver_floor"] == "525.60.13"
     assert b["cudnn"] == "9.1.0.70"
+    # The devel image's compiler: CUDA 12.1.1's (the cuda-toolkit whose runtime torch pins) from apt.
+    assert b["devel"] == {
+        "toolkit": "12.1.105", "toolkit_release": "12.1.1", "pip": [],
+        "apt": {"cuda-cccl-12-1": "12.1.109-1", "cuda-cudart-dev-12-1": "12.1.105-1",
+                "cuda-cuobjdump-12-1": "12.1.111-1", "cuda-nvcc-12-1": "12.1.105-1",
+                "cuda-nvdisasm-12-1": "12.1.105-1"},
+        "apt_repository": "https://repo.example/debian11/x86_64/", "apt_key": "key.pub", "apt_key_fingerprint": "AB12",
+    }
+
+
+DEVEL = pins.DevelTable("key.pub", "AB12", {"12.1.1": {
+    "apt_repository": "https://repo.example/debian11/x86_64/", "cuda_cuobjdump": "12.1.111", "cuda_nvdisasm": "12.1.105"}})
+
+
+def test_a_cuda_13_devel_takes_the_compiler_extras_and_the_first_inspection_tools_of_its_major():
+    metadata = ("Name: cuda-toolkit\nVersion: 13.0.2\n"
+                "Requires-Dist: nvidia-cuda-nvcc==13.0.88.*; extra == 'nvcc'\n"
+                "Requires-Dist: nvidia-nvvm==13.0.88.*; extra == 'nvcc'\n"
+                "Requires-Dist: nvidia-cuda-cccl==13.0.85.*; extra == 'cccl'\n"
+                "Requires-Dist: nvidia-cublas==13.1.0.3.*; extra == 'cublas'\n")
+    extras = pins.extra_pins(metadata, "3.12", pins.DEVEL_WHEEL_EXTRAS)
+    assert extras == {"nvidia-cuda-nvcc": "13.0.88.*", "nvidia-nvvm": "13.0.88.*", "nvidia-cuda-cccl": "13.0.85.*"}
+    devel = pins.devel_from_wheels("13.0.2", extras, {"nvidia-cuda-cuobjdump": "13.2.51"})
+    assert devel["toolkit"] == "13.0.88" and devel["apt"] == {}
+    assert devel["pip"] == ["nvidia-cuda-cccl==13.0.85.*", "nvidia-cuda-cuobjdump==13.2.51",
+                            "nvidia-cuda-nvcc==13.0.88.*", "nvidia-nvvm==13.0.88.*"]
+
+
+def test_a_cuda_12_release_without_component_versions_is_an_error():
+    with pytest.raises(RefreshError, match=r"no cuobjdump/nvdisasm versions for CUDA 12\.9\.1"):
+        pins.devel_from_apt("12.9", "12.9.1", {}, DEVEL)
 
 
 def test_command_line_writes_then_checks_the_file(server, tmp_path):
@@ -512,7 +556,10 @@ def test_command_line_writes_then_checks_the_file(server, tmp_path):
     drivers.write_text(json.dumps({"toolkit_driver": {"12.1": "530.30.02"},
                                    "minor_version_compatibility": {"12": "525.60.13"}}))
     out = tmp_path / "matrix.json"
-    args = ["--index", f"cu121={base}/whl", "--drivers", str(drivers), "--output", str(out)]
+    devel = tmp_path / "cuda_devel.json"
+    devel.write_text(json.dumps({"apt_key": "key.pub", "apt_key_fingerprint": "AB12", "components": {
+        "12.1.1": {"apt_repository": "https://repo.example/", "cuda_cuobjdump": "12.1.111", "cuda_nvdisasm": "12.1.105"}}}))
+    args = ["--index", f"cu121={base}/whl", "--drivers", str(drivers), "--devel", str(devel), "--output", str(out)]
     assert main([*args, "--check"]) == 1 and not out.exists()
     assert main(args) == 0
     doc = json.loads(out.read_text())
@@ -654,7 +701,8 @@ def test_live_refresh_of_torch_241_equals_committed_entry():
     entry = next(b for b in committed["builds"] if b["torch"] == "2.4.1" and b["index"] == "pypi")
     drivers = pins.read_drivers(REPO / "images" / "cuda_drivers.json")
     try:
-        builds = entries.Refresher({"pypi": wheelmeta.PYPI_SIMPLE}, drivers).run("2.1", ["2.4.1"])
+        devel = pins.read_devel(REPO / "images" / "cuda_devel.json")
+        builds = entries.Refresher({"pypi": wheelmeta.PYPI_SIMPLE}, drivers, devel=devel).run("2.1", ["2.4.1"])
     except HttpError as exc:
         if exc.status is None:
             pytest.skip(f"PyPI not reachable: {exc}")

@@ -28,6 +28,7 @@ class FakeEngine:
     pushed: list[str] = field(default_factory=list)
     built: list[str] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)
+    relabelled: list[dict] = field(default_factory=list)
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None) -> str:
@@ -57,6 +58,13 @@ class FakeEngine:
     def pull(self, reference):
         return "no registry here"
 
+    def read_file(self, reference, path):
+        return b'{"components": []}\n' if path.endswith("sbom.cdx.json") else None
+
+    def relabel(self, image_id, labels):
+        self.relabelled.append(labels)
+        return image_id + "+labels"
+
 
 @pytest.fixture(scope="module")
 def m() -> matrix.Matrix:
@@ -82,6 +90,10 @@ def test_every_image_is_tagged_and_aliased_after_it_built(m):
     assert set(engine.tags) == {RUNTIME, JUPYTER, SSH, *(ALIAS.format(v) for v in ("runtime", "jupyter", "ssh"))}
     assert engine.tags[ALIAS.format("runtime")] == engine.tags[RUNTIME]
     assert engine.pushed == [] and engine.verified == []
+    # The SBOM's digest is labelled before the tag: the tag names the labelled image.
+    assert engine.tags[RUNTIME].endswith("+labels")
+    assert engine.relabelled[0] == {"io.pytorch-cuda.sbom-digest": "sha256:" + __import__("hashlib").sha256(
+        b'{"components": []}\n').hexdigest()}
 
 
 def test_a_failed_runtime_gets_no_tag_and_its_variants_are_skipped(m):

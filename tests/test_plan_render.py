@@ -134,3 +134,26 @@ def test_ssh_carries_the_runtime_lock_and_manifest_names_it(specs):
     assert specs["ssh"].lock == specs["runtime"].lock
     assert specs["jupyter"].lock.name == "jupyter.lock"
     assert json.loads(render.render_manifest(specs["jupyter"]))["lock_digest"] == specs["runtime"].lock_digest
+
+
+def test_devel_images_point_cuda_home_at_their_toolkit_and_default_the_arch_list(m):
+    cuda12, cuda124 = (plan.image_specs(m, [m.resolve(cuda=c)], variants=("devel",))[0] for c in ("12.1", "12.4"))
+    assert render.cuda_home(cuda12) == "/usr/local/cuda-12.1"
+    assert render.torch_arch_list(("sm_50", "sm_86", "sm_100", "sm_120", "compute_90")) == "5.0;8.6;10.0;12.0"
+    text = render.render_dockerfile(cuda12)
+    assert "FROM ${RUNTIME_IMAGE} AS toolkit" in text and "cuda-nvcc-12-1=12.1.105-1" in text
+    assert 'TORCH_CUDA_ARCH_LIST="5.0;6.0;7.0;7.5;8.0;8.6;9.0"' in text and "RUN verify --quiet --only toolchain" in text
+    # The proxy CA is declared only in builder stages, as everywhere.
+    final = text.split("\nFROM ${RUNTIME_IMAGE}\n")[1]
+    assert "PIP_CA_CERT" not in final and "gnupg" not in final
+    assert json.loads(render.render_manifest(cuda12))["toolkit"] == "12.1.105"
+    assert cuda124.manifest.parent.name == "devel" and cuda124.lock.name == "devel.lock"
+
+
+def test_devel_from_pypi_wheels_links_libcudart_for_the_extension_linker():
+    real = matrix.load()
+    spec = plan.image_specs(real, [real.resolve(cuda="13.0")], variants=("devel",))[0]
+    text = render.render_dockerfile(spec)
+    home = "/opt/venv/lib/python3.11/site-packages/nvidia/cu13"
+    assert render.cuda_home(spec) == home and f"ln -s libcudart.so.13 {home}/lib/libcudart.so" in text
+    assert "AS toolkit" not in text and "NVIDIA_CUDA_REPO" not in text

@@ -33,6 +33,7 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
         assert checks[name]["status"] == "pass", (name, checks[name])
     for name in ("driver", "cuda"):
         assert checks[name]["status"] == "skip" and checks[name]["reason"], checks[name]
+    assert checks["toolchain"]["status"] == "skip" and "not a devel image" in checks["toolchain"]["reason"]
     # The versions verify read from the loaded libraries (not the manifest's promise) are what torch
     # itself reports in a separate process, and the matrix's.
     probe = "import torch; print(torch.backends.cudnn.version(), '.'.join(map(str, torch.cuda.nccl.version()[:3])))"

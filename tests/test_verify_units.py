@@ -296,7 +296,8 @@ def test_named_manifest_must_exist(tmp_path):
 
 def test_select_checks():
     default = [spec.name for spec in catalog.select(None, None, perf=False)]
-    assert default == ["environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"]
+    assert default == ["environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "toolchain",
+                       "train"]
     assert [s.name for s in catalog.select(None, None, perf=True)][-1] == "perf"
     assert [s.name for s in catalog.select(["train,autograd"], None, perf=False)] == ["autograd", "train"]
     assert [s.name for s in catalog.select(["perf"], None, perf=False)] == ["perf"]
@@ -442,3 +443,14 @@ def test_changed_packages_name_both_versions_and_missing_ones():
     installed = {"torch": "2.4.1", "nvidia-nvtx-cu12": "99.0"}
     assert packages.changed(locked, installed) == [("nvidia-nvtx-cu12", "12.1.105", "99.0"),
                                                    ("nvidia_cudnn_cu12", "9.1.0.70", None)]
+
+
+@pytest.mark.parametrize("text, release", [
+    ("nvcc: NVIDIA (R) Cuda compiler driver\nCuda compilation tools, release 13.0, V13.0.88\n", "13.0"),
+    ("Cuda compilation tools, release 12.1, V12.1.105\nBuild cuda_12.1.r12.1/compiler.32688072_0\n", "12.1"),
+    ("nvcc fatal   : Unknown option\n", None),
+])
+def test_nvcc_release(text, release):
+    from verify.checks.toolchain import nvcc_release
+
+    assert nvcc_release(text) == release

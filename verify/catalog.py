@@ -43,6 +43,7 @@ CHECKS: Sequence[CheckSpec] = (
     CheckSpec("shm", "/dev/shm size and a multi-worker DataLoader"),
     CheckSpec("autograd", "gradcheck, exact gradients, stable cross-entropy"),
     CheckSpec("compile", "torch.compile (Inductor) matches eager", 300.0, slow=True, preload=_DYNAMO),
+    CheckSpec("toolchain", "devel images: nvcc is torch's CUDA, compiles a kernel (run on a GPU)", 300.0, slow=True),
     CheckSpec("train", "a small CNN learns a synthetic task", preload=_DYNAMO),
     CheckSpec("perf", "matmul TFLOP/s, memory and host-to-device bandwidth", 180.0, needs_gpu=True,
               exclusive=True, opt_in=True),

@@ -38,9 +38,11 @@ class Manifest:
     archs: Tuple[str, ...] = ()
     driver_floor: Optional[str] = None  # oldest driver of the CUDA major (minor version compatibility)
     toolkit_driver: Optional[str] = None  # the driver of the CUDA release itself
+    toolkit: Optional[str] = None  # the CUDA compiler's version (nvcc), in devel images only
     index: Optional[str] = None  # the wheel index the packages came from
     user: Optional[str] = None
     lock_digest: Optional[str] = None  # sha256 of the lock file the image's packages came from
+    sbom_digest: Optional[str] = None  # sha256 of /etc/pytorch-cuda/sbom.cdx.json, written by the build
     # name -> exact version of the packages that make the image's CUDA torch (torch, its companions,
     # triton, every NVIDIA wheel), from the lock: a later `pip install` that replaces one is caught.
     packages: Mapping[str, str] = field(default_factory=dict)
@@ -93,10 +95,14 @@ LABELS: Mapping[str, str] = {
     "archs": LABEL_PREFIX + "archs",
     "driver_floor": LABEL_PREFIX + "driver-floor",
     "toolkit_driver": LABEL_PREFIX + "toolkit-driver",
+    "toolkit": LABEL_PREFIX + "toolkit",
     "index": LABEL_PREFIX + "wheel-index",
     "lock_digest": LABEL_PREFIX + "lock-digest",
 }
 VARIANT_LABEL = LABEL_PREFIX + "variant"
+# Set after the build, from the SBOM the build wrote (its packages are known only then).
+SBOM_LABEL = LABEL_PREFIX + "sbom-digest"
+SBOM_PATH = "/etc/pytorch-cuda/sbom.cdx.json"
 _FORMER_LABELS = {"toolkit_driver": LABEL_PREFIX + "min-driver"}
 
 
@@ -117,6 +123,8 @@ def from_labels(labels: Mapping[str, str], ref: str) -> Optional[Manifest]:
         value = labels.get(label) or labels.get(_FORMER_LABELS.get(name, ""), "")
         if value:
             values[name] = tuple(value.split()) if name == "archs" else value
+    if labels.get(SBOM_LABEL):
+        values["sbom_digest"] = labels[SBOM_LABEL]
     return Manifest(path=f"labels of {ref}", **values)
 
 

@@ -23,7 +23,7 @@ from pytorch_cuda import matrix
 
 from . import RefreshError
 from .entries import Refresher, sort_builds
-from .pins import read_drivers
+from .pins import read_devel, read_drivers
 from .wheelmeta import PYPI_SIMPLE, WheelMetaError
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 GENERATED_BY = "python -m tools.matrixgen"
 DEFAULT_OUTPUT = matrix.MATRIX_FILE
 DEFAULT_DRIVERS = matrix.IMAGES_DIR / "cuda_drivers.json"
+DEFAULT_DEVEL = matrix.IMAGES_DIR / "cuda_devel.json"
 DEFAULT_SINCE = "2.1"
 
 
@@ -93,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--drivers", type=Path, default=DEFAULT_DRIVERS)
+    parser.add_argument("--devel", type=Path, default=DEFAULT_DEVEL, help="apt repository and component versions "
+                        "of CUDA 12 compilers")
     parser.add_argument(
         "--only-torch", action="append", default=[], metavar="VERSION",
         help="refresh only this torch release (repeatable); other entries are kept",
@@ -111,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor = Version(args.since)
         for v in args.only_torch:
             Version(v)
-        refresher = Refresher(indexes, read_drivers(args.drivers), jobs=args.jobs)
+        refresher = Refresher(indexes, read_drivers(args.drivers), jobs=args.jobs, devel=read_devel(args.devel))
         builds = refresher.run(args.since, args.only_torch)
     except (RefreshError, WheelMetaError, InvalidVersion, OSError, ValueError) as exc:
         logger.error("%s", exc)

@@ -22,16 +22,23 @@ from packaging.version import Version
 from . import RefreshError, crosschecks
 from .pins import (
     ARCH_MEMBER,
+    DEVEL_WHEEL_EXTRAS,
+    INSPECTION_WHEELS,
     VERSION_MEMBER,
     CompanionMatcher,
+    DevelTable,
     DriverTable,
     component_pin,
     cuda_from_runtime,
     cuda_of_version_py,
+    devel_from_apt,
+    devel_from_wheels,
+    extra_pins,
     find_arch_list,
     is_final,
     nvidia_pins,
     public_version,
+    release_of,
     select_wheels,
     sort_pythons,
     triton_pin,
@@ -91,9 +98,11 @@ class Refresher:
         drivers: DriverTable,
         http: Http | None = None,
         jobs: int = 8,
+        devel: DevelTable | None = None,
     ) -> None:
         self.indexes = {name: url.rstrip("/") for name, url in indexes.items()}
         self.drivers = drivers
+        self.devel_table = devel
         self.http = http or Http()
         self.meta = MetadataReader(self.http)
         self.jobs = jobs
@@ -245,9 +254,52 @@ class Refresher:
             "archs_source": archs_source,
             "toolkit_driver": self.drivers.toolkit_driver(pins.cuda),
             "driver_floor": self.drivers.floor(pins.cuda),
+            "devel": self.devel(rel, pins),
         }
         crosschecks.entry_keys_exact(entry)
         return entry
+
+    # -- the devel image's compiler
+    def devel(self, rel: TorchRelease, pins: ReleasePins) -> dict[str, Any]:
+        """The CUDA compiler that matches this release exactly, as the devel image installs it."""
+        python = pins.pythons[-1]
+        if "cuda-toolkit" in pins.nvidia:  # CUDA 13: the compiler is in PyPI's wheels
+            version = pins.nvidia["cuda-toolkit"]
+            extras = extra_pins(self.meta_package(rel.index, "cuda-toolkit", version), python, DEVEL_WHEEL_EXTRAS)
+            nvcc = release_of(extras["nvidia-cuda-nvcc"])
+            return devel_from_wheels(version, extras, {name: self.first_release(rel.index, name, nvcc)
+                                                       for name in INSPECTION_WHEELS})
+        if self.devel_table is None:
+            raise RefreshError("a CUDA 12 devel entry needs images/cuda_devel.json")
+        release, extras = self.toolkit_release(rel.index, python, pins)
+        return devel_from_apt(pins.cuda, release, extras, self.devel_table)
+
+    def toolkit_release(self, index: str, python: str, pins: ReleasePins) -> tuple[str, dict[str, str]]:
+        """The cuda-toolkit release on PyPI whose runtime and cuBLAS are torch's (newest if several)."""
+        major = pins.cuda.split(".")[0]
+        wanted = {f"nvidia-cuda-runtime-cu{major}": release_of(pins.runtime)}
+        cublas = component_pin(pins.nvidia, "nvidia-cublas")
+        if cublas:
+            wanted[f"nvidia-cublas-cu{major}"] = release_of(cublas)
+        candidates = sorted({w.version for f in self.files_anywhere(index, "cuda-toolkit")
+                             if (w := parse_wheel_filename(f.filename)) and not f.yanked
+                             and w.version.startswith(f"{pins.cuda}.") and is_final(w.version)}, key=Version)
+        for version in reversed(candidates):
+            extras = extra_pins(self.meta_package(index, "cuda-toolkit", version), python,
+                                ("cccl", "cublas", "cudart", "nvcc"))
+            if all(release_of(extras.get(name, "")) == value for name, value in wanted.items()):
+                return version, extras
+        raise RefreshError(f"no cuda-toolkit {pins.cuda}.x on PyPI pins the runtime {pins.runtime} torch pins")
+
+    def first_release(self, index: str, project: str, at_least: str) -> str:
+        """The oldest final release of ``project`` of the same major at or after ``at_least``."""
+        floor, major = Version(at_least), Version(at_least).major
+        versions = sorted({Version(w.version) for f in self.files_anywhere(index, project)
+                           if (w := parse_wheel_filename(f.filename)) and not f.yanked and is_final(w.version)})
+        fitting = [v for v in versions if v.major == major and v >= floor]
+        if not fitting:
+            raise RefreshError(f"{project} has no {major}.x release at or after {at_least}")
+        return str(fitting[0])
 
     # -- everything
     def run(self, since: str, only: Sequence[str] = ()) -> list[dict[str, Any]]:

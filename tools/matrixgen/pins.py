@@ -235,6 +235,85 @@ def read_drivers(path: Path) -> DriverTable:
     return DriverTable(dict(data["toolkit_driver"]), dict(data["minor_version_compatibility"]))
 
 
+# ----------------------------------------------------------------------- devel
+
+#: The extras of ``cuda-toolkit`` that make a compiler: nvcc (with crt and nvvm) and the CCCL headers.
+DEVEL_WHEEL_EXTRAS = ("cccl", "nvcc")
+#: Binary inspection tools; PyPI carries them from CUDA 13.2 on, so a 13.0 image takes the first of its major.
+INSPECTION_WHEELS = ("nvidia-cuda-cuobjdump", "nvidia-cuda-nvdisasm")
+
+
+def extra_pins(metadata_text: str, python: str, extras: Iterable[str]) -> dict[str, str]:
+    """name -> pinned version of what ``extras`` of a meta-package add (its extra-marked lines only)."""
+    pins: dict[str, str] = {}
+    for req in applicable_requirements(metadata_text, python, extras):
+        version = exact_pin(req)
+        if req.marker is not None and version is not None:
+            pins[canonicalize_name(req.name)] = version
+    return pins
+
+
+def release_of(pin: str) -> str:
+    """``13.0.88.*`` -> ``13.0.88``: the release a wildcard pin names."""
+    return pin[:-2] if pin.endswith(".*") else pin
+
+
+@dataclasses.dataclass(frozen=True)
+class DevelTable:
+    """``images/cuda_devel.json``: NVIDIA's apt repository for CUDA 12 compilers, and the component
+    versions PyPI's metadata does not state (cuobjdump, nvdisasm), per CUDA release."""
+
+    apt_key: str
+    apt_key_fingerprint: str
+    # "12.1.1" -> {"apt_repository": URL, "cuda_cuobjdump": "12.1.111", "cuda_crt": ..., ...}
+    components: Mapping[str, Mapping[str, str]]
+
+
+def read_devel(path: Path) -> DevelTable:
+    data = json.loads(path.read_text())
+    return DevelTable(data["apt_key"], data["apt_key_fingerprint"],
+                      {release: dict(parts) for release, parts in data["components"].items()})
+
+
+def devel_from_wheels(toolkit_version: str, extras: Mapping[str, str], tools: Mapping[str, str]) -> dict[str, Any]:
+    """A CUDA 13 devel image: PyPI's NVIDIA wheels carry the whole compiler. ``extras`` are the pins the
+    release's cuda-toolkit gives its compiler extras; the lock leaves out what the runtime already has."""
+    return {
+        "toolkit": release_of(extras["nvidia-cuda-nvcc"]),
+        "toolkit_release": toolkit_version,
+        "pip": sorted([*(f"{name}=={version}" for name, version in extras.items()),
+                       *(f"{name}=={version}" for name, version in tools.items())]),
+        "apt": {},
+    }
+
+
+def devel_from_apt(cuda: str, release: str, extras: Mapping[str, str], table: DevelTable) -> dict[str, Any]:
+    """A CUDA 12 devel image: nvcc, the runtime's headers and CCCL from NVIDIA's apt repository at the
+    versions of the cuda-toolkit ``release`` whose runtime torch pins (NVIDIA's packages are versioned
+    ``<component version>-1``)."""
+    major, minor = cuda.split(".")[:2]
+    suffix = f"{major}-{minor}"
+    wheel = {name: release_of(version) for name, version in extras.items()}
+    if release not in table.components:
+        raise RefreshError(f"images/cuda_devel.json states no cuobjdump/nvdisasm versions for CUDA {release}")
+    parts = table.components[release]
+    versions = {
+        f"cuda-nvcc-{suffix}": wheel[f"nvidia-cuda-nvcc-cu{major}"],
+        f"cuda-cudart-dev-{suffix}": wheel[f"nvidia-cuda-runtime-cu{major}"],
+        f"cuda-cccl-{suffix}": wheel[f"nvidia-cuda-cccl-cu{major}"],
+        **{f"{part.replace('_', '-')}-{suffix}": version for part, version in parts.items() if part.startswith("cuda_")},
+    }
+    return {
+        "toolkit": versions[f"cuda-nvcc-{suffix}"],
+        "toolkit_release": release,
+        "pip": [],
+        "apt": {name: f"{version}-1" for name, version in sorted(versions.items())},
+        "apt_repository": parts["apt_repository"],
+        "apt_key": table.apt_key,
+        "apt_key_fingerprint": table.apt_key_fingerprint,
+    }
+
+
 # ------------------------------------------------------------------ companions
 
 

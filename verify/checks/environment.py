@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import sys
 from types import ModuleType
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from verify import libs, packages, versions
+from verify import libs, packages, sbom, versions
 from verify.context import CheckContext
+from verify.manifest import Manifest
 from verify.result import Findings, Outcome
 
 # (manifest key, label) in report order; the actual values come from _actual_versions().
@@ -161,13 +163,29 @@ def _compare(ctx: CheckContext, found: Findings, torch: ModuleType) -> Outcome:
         found.figures["not_applicable"] = "CPU build of torch: CUDA, cuDNN and NCCL versions do not apply"
 
     _check_libraries(found, torch)
+    bom = _report_sbom(found, manifest)
     if manifest is None:
         return found.outcome("no manifest (host run): versions reported, nothing compared")
     tag = f" ({manifest.tag})" if manifest.tag else ""
     if not compared:
         return found.outcome(f"the manifest{tag} states no versions to compare")
     locked = f"; {len(manifest.packages)} CUDA torch packages as locked" if manifest.packages else ""
-    return found.outcome(f"{len(compared)} versions match the manifest{tag}: {', '.join(compared)}{locked}")
+    return found.outcome(f"{len(compared)} versions match the manifest{tag}: {', '.join(compared)}{locked}{bom}")
+
+
+def _report_sbom(found: Findings, manifest: Optional[Manifest]) -> str:
+    """The image's bill of materials: its digest and package counts; '' on a host or an older image."""
+    path = os.path.join(os.path.dirname(manifest.path), os.path.basename(sbom.DEFAULT_PATH)) if manifest else ""
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as handle:
+        text = handle.read()
+    counted = sbom.counts(json.loads(text))
+    found.figures["sbom"] = {"path": path, "digest": sbom.digest(text), **counted}
+    if manifest is not None and manifest.sbom_digest and manifest.sbom_digest != sbom.digest(text):
+        found.warn(f"{path} is not the bill of materials the build recorded (digest {sbom.digest(text)}, the "
+                   f"manifest says {manifest.sbom_digest}): it was changed after the build")
+    return f"; SBOM {counted['debian']} Debian and {counted['python']} Python packages"
 
 
 def _check_packages(found: Findings, locked: Mapping[str, str]) -> None:
