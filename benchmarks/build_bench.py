@@ -6,7 +6,9 @@
 2. cold build of the runtime image (--no-cache, under a throwaway registry prefix, removed after);
 3. no-change rebuild of runtime, jupyter and ssh;
 4. rebuild after a change to the jupyter template only: is the torch layer reused?
-5. runtime image size against its lower bound: base image + installed size of its Python packages.
+5. runtime image size against its lower bound: base image + installed size of its Python packages;
+6. with --devel-cuda: what the devel image adds to its runtime image (size, layers), against the
+   public pytorch/pytorch devel image of the same era (12.4 GiB uncompressed, quoted).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def build_py(*args: str) -> tuple[float, subprocess.CompletedProcess]:
     return timed([sys.executable, str(REPO / "build.py"), *args], cwd=REPO)
 
 
-def pip_download_seconds(build: matrix.Build, python: str) -> tuple[float, int]:
+def pip_download_seconds(build: matrix.MatrixEntry, python: str) -> tuple[float, int]:
     """Download the same wheels the image installs, for the image's platform, into a temp dir."""
     with tempfile.TemporaryDirectory(prefix="bench-wheels-") as tmp:
         env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": ""}  # no local wheels, no caps
@@ -57,10 +59,37 @@ def pip_download_seconds(build: matrix.Build, python: str) -> tuple[float, int]:
     return seconds, size
 
 
+# Uncompressed size of pytorch/pytorch:2.6.0-cuda12.4-cudnn9-devel, the image users compare a devel
+# image with (figure from the devel issue); it cannot be pulled here, so it is a quoted anchor.
+PUBLIC_DEVEL_GIB = 12.4
+
+
+def devel_figures(client: docker.DockerClient, m: matrix.Matrix, cuda: str) -> list[tuple[str, str]]:
+    """Build runtime and devel of one CUDA line (warm cache), then compare them layer by layer."""
+    build = m.resolve(cuda=cuda)
+    specs = {s.variant: s for s in plan.image_specs(m, [build], variants=("runtime", "devel"))}
+    seconds, _ = build_py("--cuda", cuda, "--variant", "devel")
+    runtime = client.images.get(specs["runtime"].tag)
+    devel = client.images.get(specs["devel"].tag)
+    runtime_layers = runtime.attrs["RootFS"]["Layers"]
+    devel_layers = devel.attrs["RootFS"]["Layers"]
+    shared = devel_layers[: len(runtime_layers)] == runtime_layers
+    added = devel.attrs["Size"] - runtime.attrs["Size"]
+    return [
+        (f"devel build after runtime ({specs['devel'].tag})", f"{seconds:.1f} s"),
+        ("devel image size", f"{devel.attrs['Size'] / 1e9:.2f} GB (runtime {runtime.attrs['Size'] / 1e9:.2f} GB)"),
+        ("devel adds on top of runtime", f"{added / 1e6:.0f} MB in {len(devel_layers) - len(runtime_layers)} layers"),
+        ("runtime layers shared by devel", "yes" if shared else "NO"),
+        ("devel / public pytorch devel (both uncompressed)",
+         f"{devel.attrs['Size'] / 2**30:.2f} GiB / {PUBLIC_DEVEL_GIB} GiB"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", default="12.1")
     parser.add_argument("--skip-cold", action="store_true", help="skip the pip download and cold build (minutes)")
+    parser.add_argument("--devel-cuda", metavar="CUDA", help="also measure the devel image of this CUDA line")
     args = parser.parse_args()
 
     client = docker.from_env(timeout=3600)
@@ -116,6 +145,9 @@ def main() -> None:
     figures.append(("runtime image size", f"{size / 1e9:.2f} GB"))
     figures.append(("lower bound: base + Python packages", f"{bound / 1e9:.2f} GB ({base_size / 1e6:.0f} MB + {int(venv) / 1e9:.2f} GB)"))
     figures.append(("size / lower bound", f"{size / bound:.3f} x"))
+
+    if args.devel_cuda:
+        figures.extend(devel_figures(client, m, args.devel_cuda))
 
     width = max(len(name) for name, _ in figures)
     print(f"pytorch-cuda build benchmark: torch {build.torch}, CUDA {build.cuda}, {os.cpu_count()} CPUs")
