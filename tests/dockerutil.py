@@ -136,3 +136,22 @@ def removing_new_dangling_images(client: docker.DockerClient) -> Iterator[None]:
             if image.id not in before:
                 with contextlib.suppress(docker.errors.APIError):
                     client.images.remove(image.id)
+
+
+@contextlib.contextmanager
+def removing_new_images(client: docker.DockerClient) -> Iterator[None]:
+    """Remove every image a block builds, tagged or not, and only those.
+
+    For test images of another CUDA line (6 GB each, with their builder stage as much again): kept,
+    they would add up past the disk of a CI machine. Images that were there before stay.
+    """
+    import docker.errors
+
+    before = {image.id for image in client.images.list(all=True)}
+    try:
+        yield
+    finally:
+        for image in client.images.list():
+            if image.id not in before:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(image.id, force=True)

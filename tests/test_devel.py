@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from pytorch_cuda.engine import DockerEngine
 from pytorch_cuda.errors import BuildFailed
 
 from .clients import have_gpu
-from .dockerutil import build_py, removing_new_dangling_images, unique
+from .dockerutil import build_py, removing_new_dangling_images, removing_new_images, unique
 
 pytestmark = pytest.mark.docker
 
@@ -48,12 +49,14 @@ if torch.cuda.is_available():
 
 
 @pytest.fixture(scope="module")
-def devel(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
-    """The CUDA 13.0 line's runtime and devel images, built once by the real CLI and kept as a cache."""
-    result = build_py("--cuda", DEVEL_CUDA, "--variant", "runtime", "--variant", "devel", timeout=3600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=DEVEL_CUDA)], variants=("runtime", "devel"))
-    return {spec.variant: spec for spec in specs}
+def devel(docker_client, real_matrix) -> Iterator[dict[str, plan.ImageSpec]]:
+    """The CUDA 13.0 line's runtime and devel images, built by the real CLI for this module only
+    (removed after it, with their builder stage, unless they were there before)."""
+    with removing_new_images(docker_client):
+        result = build_py("--cuda", DEVEL_CUDA, "--variant", "runtime", "--variant", "devel", timeout=3600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=DEVEL_CUDA)], variants=("runtime", "devel"))
+        yield {spec.variant: spec for spec in specs}
 
 
 def test_nvcc_is_torchs_cuda(devel, containers):

@@ -167,7 +167,7 @@ def _normal(name: str) -> str:
 
 
 def _freeze(containers: TrackedContainers, tag: str) -> dict[str, str]:
-    code, out = containers.run(tag, ["python", "-m", "pip", "freeze", "--disable-pip-version-check"], entrypoint="")
+    code, out = containers.run(tag, ["python", "-m", "pip", "freeze", "--all", "--disable-pip-version-check"], entrypoint="")
     assert code == 0, out
     return {_normal(name): version for name, version in (line.split("==", 1) for line in out.split() if "==" in line)}
 
