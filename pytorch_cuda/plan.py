@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import lockfile, refs
+from .layers import Layer, component_layers
 from .matrix import IMAGES_DIR, Matrix, MatrixEntry
 
 VARIANTS = ("runtime", "jupyter", "ssh", "devel")  # every variant: rendered, locked, in the CI matrix
@@ -39,6 +40,7 @@ class ImageSpec:
     runtime_lock_digest: str = ""
     runtime_pins: tuple[tuple[str, str], ...] = ()  # (name, version) of every package the runtime lock pins
     lock_pins: tuple[tuple[str, str], ...] = ()  # the same of this image's own lock
+    layer_plan: tuple[Layer, ...] = ()  # the runtime's component layers, bottom first (runtime only)
 
     @property
     def stem(self) -> str:
@@ -122,10 +124,13 @@ def image_specs(
                 python_is_default=py == matrix.default_python,
             )
             runtime_lock = spec.directory / "runtime.lock"
+            runtime_pins = lockfile.pins(runtime_lock)
+            layer_plan = component_layers(matrix.builds, build, runtime_pins) if variant == "runtime" else ()
             specs.append(replace(spec, lock_digest=lockfile.digest(spec.lock),
                                  runtime_lock_digest=lockfile.digest(runtime_lock),
-                                 runtime_pins=tuple(sorted(lockfile.pins(runtime_lock).items())),
-                                 lock_pins=tuple(sorted(lockfile.pins(spec.lock).items()))))
+                                 runtime_pins=tuple(sorted(runtime_pins.items())),
+                                 lock_pins=tuple(sorted(lockfile.pins(spec.lock).items())),
+                                 layer_plan=layer_plan))
     return specs
 
 

@@ -1,0 +1,201 @@
+"""The layer plan (pure) and the builder's staging script, on a venv laid out by hand.
+
+The expected plans below were written from the locks and the matrix, not computed by the code.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pytorch_cuda import layers, matrix, plan, stage_venv
+
+EPOCH = layers.SOURCE_DATE_EPOCH
+
+
+def runtime_spec(tag: str) -> plan.ImageSpec:
+    m = matrix.load()
+    torch, cuda = tag.split("-cuda")
+    build = m.resolve(cuda=cuda, torch=torch)
+    return plan.image_specs(m, [build], variants=("runtime",))[0]
+
+
+def test_tags_with_the_same_nvidia_pins_get_the_same_nvidia_layers_in_the_same_order():
+    old, new = runtime_spec("2.4.0-cuda12.1").layer_plan, runtime_spec("2.4.1-cuda12.1").layer_plan
+    nvidia = [layer for layer in old if layer.comment.startswith("NVIDIA")]
+    assert len(nvidia) == 11  # 12 NVIDIA wheels in the lock; runtime and nvtx always move together
+    assert old[: len(nvidia)] == new[: len(nvidia)]
+    assert ("nvidia-cuda-runtime-cu12", "nvidia-nvtx-cu12") in [layer.packages for layer in nvidia]
+    # nvjitlink is not pinned by torch 2.4's metadata (the lock resolved it): the last NVIDIA layer
+    assert nvidia[-1].packages == ("nvidia-nvjitlink-cu12",)
+    # cuBLAS 12.1.3.1 is shared by all ten 12.1 tags, more than any other wheel of 2.4.1
+    assert nvidia[0].packages == ("nvidia-cublas-cu12",)
+    assert [layer.packages for layer in new[len(nvidia):]] == [
+        ("triton",), ("torch", "torchvision", "torchaudio"), ("*",)]
+
+
+def test_every_locked_package_has_exactly_one_layer():
+    for tag in ("2.4.1-cuda12.1", "2.6.0-cuda12.4", "2.14.1-cuda13.0", "2.15.0-cuda13.2"):
+        spec = runtime_spec(tag)
+        named = [p for layer in spec.layer_plan for p in layer.packages if p != "*"]
+        assert len(named) == len(set(named)), tag
+        assert set(named) <= set(dict(spec.runtime_pins)), tag
+        # every NVIDIA and torch package is in a layer of its own kind, not in the catch-all
+        assert {n for n in dict(spec.runtime_pins) if layers.is_nvidia(n) or n in layers.TORCH} <= set(named), tag
+        assert spec.layer_plan[-1].packages == ("*",)
+
+
+def test_grouping_follows_which_tags_share_versions():
+    # Three hand-made builds: a and b move together everywhere, c changes alone, d is pinned by
+    # one build only.
+    m = matrix.load()
+    base = m.resolve(cuda="12.1", torch="2.4.1")
+    from dataclasses import replace
+    one = replace(base, torch="9.0.0", nvidia_packages={"a": "1", "b": "1", "c": "1"})
+    two = replace(base, torch="9.0.1", nvidia_packages={"a": "1", "b": "1", "c": "2"})
+    three = replace(base, torch="9.1.0", nvidia_packages={"a": "2", "b": "2", "c": "2", "d": "1"})
+    builds = [one, two, three]
+    # For `two`: c at 2 is shared by two and three (2 builds); a+b at 1 by one and two (2 builds):
+    # equal sharing, so by name; nothing unpinned.
+    assert layers.nvidia_groups(builds, two, ["a", "b", "c"]) == [("a", "b"), ("c",)]
+    # For `three`: c (shared with two) before a+b (its own); d only three has: a group of its own
+    # pattern; e is installed but pinned by no build: last.
+    assert layers.nvidia_groups(builds, three, ["a", "b", "c", "d", "e"]) == [("c",), ("a", "b"), ("d",), ("e",)]
+
+
+# --- the staging script, on a venv laid out by hand ---------------------------------------------
+
+SITE = "lib/python3.11/site-packages"
+
+
+def make_dist(venv: Path, name: str, files: dict[str, str]) -> None:
+    site = venv / SITE
+    info = f"{name.replace('-', '_')}-1.0.dist-info"
+    rows = []
+    for relative, text in files.items():
+        path = site / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        rows.append(f"{relative},,")
+    (site / info).mkdir(parents=True)
+    (site / info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n\nlong text\n")
+    rows += [f"{info}/METADATA,,", f"{info}/RECORD,,"]
+    (site / info / "RECORD").write_text("\n".join(rows) + "\n")
+
+
+def make_venv(root: Path) -> Path:
+    venv = root / "opt" / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "include").mkdir()
+    os.symlink("lib", venv / "lib64")
+    os.symlink(sys.executable, venv / "bin" / "python")
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    make_dist(venv, "nvidia-cudnn-cu12", {"nvidia/__init__.py": "", "nvidia/cudnn/lib/libcudnn.so.9": "elf",
+                                          "nvidia/cudnn/__init__.py": "X = 1\n"})
+    make_dist(venv, "nvidia_nccl_cu12", {"nvidia/__init__.py": "", "nvidia/nccl/lib/libnccl.so.2": "elf"})
+    make_dist(venv, "torch", {"torch/__init__.py": "import math\n", "../../../bin/torchrun": "#!/bin/sh\n"})
+    make_dist(venv, "sympy", {"sympy/__init__.py": f"Y = {set('abcdefghijklmnopqrstuvwxyz')!r} & {{'a'}}\n"})
+    (venv / SITE / "loose.py").write_text("# owned by no RECORD\n")
+    return venv
+
+
+LAYERS = ["01-nvidia-cudnn-cu12=nvidia-cudnn-cu12", "02-nvidia-nccl-cu12=nvidia-nccl-cu12",
+          "03-torch=torch", "04-python=*"]
+
+
+def tree_digest(root: Path) -> str:
+    """A tar of the tree as `docker` would layer it (names, modes, owners, times, content), hashed."""
+    out = root.parent / (root.name + ".tar")
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(root.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+    return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="setting owners needs root (CI and the builder stage run as root)")
+
+
+@needs_root
+def test_staging_puts_each_file_in_its_layer_with_fixed_times_owners_and_modes(tmp_path):
+    venv = make_venv(tmp_path / "a")
+    into = tmp_path / "a" / "stage"
+    summary = stage_venv.stage_venv(venv, into, LAYERS, (1000, 0), EPOCH)
+    assert [line.split(":")[0] for line in summary] == [name.split("=")[0] for name in LAYERS]
+
+    def under(layer: str) -> set[str]:
+        root = into / layer / venv.relative_to("/")
+        return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()}
+
+    site = SITE
+    assert f"{site}/nvidia/cudnn/lib/libcudnn.so.9" in under("01-nvidia-cudnn-cu12")
+    # a file two wheels install goes to the lower layer, its compiled form with it
+    assert f"{site}/nvidia/__init__.py" in under("01-nvidia-cudnn-cu12")
+    assert f"{site}/nvidia/__pycache__/__init__.cpython-{sys.version_info.major}{sys.version_info.minor}.pyc" in under("01-nvidia-cudnn-cu12")
+    assert f"{site}/nvidia/__init__.py" not in under("02-nvidia-nccl-cu12")
+    assert f"{site}/nvidia/nccl/lib/libnccl.so.2" in under("02-nvidia-nccl-cu12")
+    assert {"bin/torchrun", f"{site}/torch/__init__.py"} <= under("03-torch")
+    rest = under("04-python")
+    assert {"bin/python", "lib64", "pyvenv.cfg", f"{site}/loose.py", f"{site}/sympy/__init__.py"} <= rest
+    assert (into / "04-python" / venv.relative_to("/") / "include").is_dir()  # empty dirs of the venv too
+    # nothing is left behind and nothing is in two layers
+    left = [p for p in venv.rglob("*") if not p.is_dir()]
+    assert left == []
+
+    pyc = next((into / "03-torch").rglob("__init__.*.pyc")).read_bytes()
+    assert int.from_bytes(pyc[4:8], "little") == 0  # timestamp mode
+    assert int.from_bytes(pyc[8:12], "little") == EPOCH  # the source's fixed time
+    for path in into.rglob("*"):
+        info = os.lstat(path)
+        assert info.st_mtime == EPOCH, path
+        in_venv = "opt/venv" in str(path.relative_to(into)).split("/", 1)[-1]
+        assert (info.st_uid, info.st_gid) == ((1000, 0) if in_venv else (0, 0)), path
+        if in_venv and stat.S_ISDIR(info.st_mode):
+            assert stat.S_IMODE(info.st_mode) == 0o2775, path
+        elif in_venv and stat.S_ISREG(info.st_mode):
+            assert stat.S_IMODE(info.st_mode) & 0o070 == (stat.S_IMODE(info.st_mode) & 0o700) >> 3, path
+    opt = into / "01-nvidia-cudnn-cu12" / venv.parent.relative_to("/")
+    assert stat.S_IMODE(os.stat(opt).st_mode) == stat.S_IMODE(os.stat(venv.parent).st_mode)
+
+
+@needs_root
+def test_staging_twice_gives_identical_trees(tmp_path):
+    digests = []
+    for seed in ("1", "2"):
+        work = tmp_path / "work"  # the same path both times, as in the builder stage
+        venv = make_venv(work)
+        # another hash seed each time: nothing in the trees may follow it
+        done = subprocess.run([sys.executable, stage_venv.__file__, "venv", "--venv", str(venv), "--into",
+                               str(work / "stage"), "--epoch", str(EPOCH), "--owner", "1000:0",
+                               *(f"--layer={layer}" for layer in LAYERS)],
+                              capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert done.returncode == 0, done.stderr
+        digests.append([tree_digest(work / "stage" / layer.split("=")[0]) for layer in LAYERS])
+        shutil.rmtree(work)
+        time.sleep(0.01)  # the second venv's files are written at another time
+    assert digests[0] == digests[1]
+    assert len(set(digests[0])) == len(LAYERS)
+
+
+@needs_root
+def test_a_plan_that_names_a_package_the_lock_did_not_install_stops_the_build(tmp_path):
+    venv = make_venv(tmp_path / "a")
+    done = subprocess.run([sys.executable, stage_venv.__file__, "venv", "--venv", str(venv), "--into",
+                           str(tmp_path / "stage"), "--epoch", str(EPOCH), "--owner", "1000:0",
+                           "--layer=01-triton=triton", "--layer=02-python=*"], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "stage_venv: error: the layer plan names triton, which the lock did not install"
+
+
+@needs_root
+def test_a_package_no_layer_takes_stops_the_build(tmp_path):
+    venv = make_venv(tmp_path / "a")
+    with pytest.raises(stage_venv.StageError, match="sympy is installed but no layer takes it"):
+        stage_venv.stage_venv(venv, tmp_path / "stage", LAYERS[:3], (1000, 0), EPOCH)
