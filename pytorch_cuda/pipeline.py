@@ -90,6 +90,7 @@ def context_files(spec: ImageSpec, dockerfile: str) -> dict[str, bytes]:
         render.repo_path(spec.lock): spec.lock.read_bytes(),
         # Every variant's bill of materials carries the runtime lock's hashes too.
         render.repo_path(spec.directory / "runtime.lock"): (spec.directory / "runtime.lock").read_bytes(),
+        render.repo_path(render.STAGE_SCRIPT): render.STAGE_SCRIPT.read_bytes(),
     }
 
 

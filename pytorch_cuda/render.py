@@ -11,11 +11,13 @@ import jinja2
 from verify import compat
 from verify import manifest as contract
 
-from . import lockfile
+from . import layers, lockfile
 from .matrix import REPO_ROOT, Matrix
 from .plan import IMAGE_GID, IMAGE_UID, IMAGE_USER, ImageSpec
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
+# Lays the runtime's venv out as component layers inside the builder stage (a build context file).
+STAGE_SCRIPT = REPO_ROOT / "pytorch_cuda" / "stage_venv.py"
 
 
 @cache
@@ -53,6 +55,11 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         sbom_locks=[repo_path(lock) for lock in dict.fromkeys((spec.directory / "runtime.lock", spec.lock))],
         labels=labels(spec),
         require_cuda=compat.require_cuda(spec.build.cuda),
+        site_packages=site_packages(spec),
+        component_layers=spec.layer_plan,
+        verify_layer=layers.verify_layer(spec.layer_plan),
+        source_date_epoch=layers.SOURCE_DATE_EPOCH,
+        stage_script=repo_path(STAGE_SCRIPT),
         **(devel_values(spec) if spec.variant == "devel" else {}),
     )
     # Blank runs left by empty blocks are noise in a reviewed file.

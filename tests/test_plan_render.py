@@ -57,11 +57,19 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     assert "COPY images/2.4.1-cuda12.1/runtime.lock /tmp/requirements.lock" in text
     assert "--require-hashes \\\n        --no-deps \\\n        -r \\\n        /tmp/requirements.lock;" in text
     stages = re.findall(r"^FROM (.+)$", text, re.M)
-    assert stages == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"]
+    assert stages == ["${BASE_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE}"]
     builder, final = text.split("\nFROM ${BASE_IMAGE}\n")
     # The CA reaches only the builder stage.
     assert "ARG PIP_CA_CERT" in builder and "PIP_CA_CERT" not in final
-    assert "COPY --from=builder /opt/ /opt/" in final
+    # pip compiles nothing; the staging script lays the venv out as the plan's layers, in order,
+    # and the final stage copies each whole tree to /, then the verify layer, then Debian's packages.
+    assert "--no-compile" in builder
+    plan_names = [layer.name for layer in specs["runtime"].layer_plan]
+    assert re.findall(r"--layer '([^=]+)=", builder) == plan_names
+    copies = re.findall(r"^COPY --from=(\S+) /stage/(\S+)/ /$", final, re.M)
+    assert copies == [("builder", name) for name in plan_names] + [("verify-layer", f"{len(plan_names) + 1:02d}-verify")]
+    assert final.index("COPY --from=verify-layer") < final.index("apt-get")
+    assert "/opt/" not in re.sub(r"(?m)^(#|ENV|    |RUN /opt/venv/bin/python -m verify.sbom).*$", "", final)  # no tree copied twice
     assert re.search(r"^USER pytorch$", final, re.M)
     assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.0"' in final  # the CUDA 12 floor, not 12.1's own driver
     assert "NVIDIA_VISIBLE_DEVICES=all" in final and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in final
