@@ -155,3 +155,50 @@ def removing_new_images(client: docker.DockerClient) -> Iterator[None]:
             if image.id not in before:
                 with contextlib.suppress(docker.errors.APIError):
                     client.images.remove(image.id, force=True)
+
+
+REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_registry(client: docker.DockerClient) -> Iterator[tuple[str, str, object]]:
+    """A fresh, empty Distribution registry on 127.0.0.1 (the engine trusts loopback registries
+    over plain HTTP): yields (address, url, its container). Removed with its storage afterwards."""
+    import docker.errors
+    import requests
+
+    client.images.build(path=str(Path(__file__).parent / "registry"), tag=REGISTRY_IMAGE, rm=True,
+                        forcerm=True, pull=False)
+    port = _free_port()
+    try:
+        with container(client, REGISTRY_IMAGE, ports={"5000/tcp": ("127.0.0.1", port)}) as box:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if requests.get(f"{url}/v2/", timeout=2).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                assert time.monotonic() < deadline, box.logs().decode()
+                time.sleep(0.5)
+            yield f"127.0.0.1:{port}", url, box
+    finally:
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(REGISTRY_IMAGE, force=True)
+
+
+def registry_bytes(box) -> int:
+    """Bytes of blob data a registry container stores: what pushes to it have uploaded."""
+    blobs = "/var/lib/docker-registry/docker/registry/v2/blobs"
+    code, out = box.exec_run(["sh", "-c", f"if [ -d {blobs} ]; then du -sb {blobs} | cut -f1; else echo 0; fi"])
+    assert code == 0, out
+    return int(out.decode().strip())

@@ -2,49 +2,19 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-import time
-from pathlib import Path
 
 import docker.errors
 import pytest
 import requests
 
-from .dockerutil import build_py, container
+from .dockerutil import build_py, local_registry
 
 pytestmark = [pytest.mark.docker, pytest.mark.release]
 
-REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def registry(docker_client, built):
-    """A registry on 127.0.0.1 (the engine trusts loopback registries over plain HTTP)."""
-    docker_client.images.build(path=str(Path(__file__).parent / "registry"), tag=REGISTRY_IMAGE, rm=True,
-                               forcerm=True, pull=False)
-    port = _free_port()
-    try:
-        with container(docker_client, REGISTRY_IMAGE, ports={"5000/tcp": ("127.0.0.1", port)}) as box:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if requests.get(f"{url}/v2/", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, box.logs().decode()
-                time.sleep(0.5)
-            yield f"127.0.0.1:{port}", url
-    finally:
-        with contextlib.suppress(docker.errors.APIError):
-            docker_client.images.remove(REGISTRY_IMAGE, force=True)
+    with local_registry(docker_client) as (address, url, _):
+        yield address, url
 
 
 def test_push_verify_then_pull_by_digest(registry, built, docker_client):

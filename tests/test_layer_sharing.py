@@ -1,0 +1,57 @@
+"""Two tags that pin the same NVIDIA wheels share those layers, and a registry stores them once.
+
+2.4.0 and 2.4.1 (CUDA 12.1) lock the same NVIDIA wheels, triton and other packages; only torch,
+torchvision and torchaudio differ. Built here from PyPI's wheels, pushed to a real registry.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import docker.errors
+import pytest
+
+from pytorch_cuda import plan
+
+from .dockerutil import build_py, local_registry, registry_bytes, removing_new_dangling_images
+
+pytestmark = [pytest.mark.docker, pytest.mark.release]
+
+# The issue's goal: the second tag's push uploads at most this share of the first's bytes.
+SECOND_PUSH_SHARE = 0.35
+
+
+def test_tags_with_the_same_nvidia_pins_share_layers_and_the_second_push_is_small(built, real_matrix, docker_client):
+    newer = built["runtime"]
+    older = plan.image_specs(real_matrix, [real_matrix.resolve(cuda="12.1", torch="2.4.0")], variants=("runtime",))[0]
+    assert dict(older.runtime_pins)["torch"] == "2.4.0" and dict(newer.runtime_pins)["torch"] == "2.4.1"
+    nvidia = [layer for layer in newer.layer_plan if layer.comment.startswith("NVIDIA")]
+    pushed: list[str] = []
+    with removing_new_dangling_images(docker_client), local_registry(docker_client) as (address, _, box):
+        try:
+            result = build_py("--torch", "2.4.0", "--cuda", "12.1", "--variant", "runtime", "--no-alias", timeout=2400)
+            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            old_layers = docker_client.images.get(older.tag).attrs["RootFS"]["Layers"]
+            new_layers = docker_client.images.get(newer.tag).attrs["RootFS"]["Layers"]
+            # base, then the NVIDIA layers, then triton and the other packages: the same bytes
+            shared = 1 + len(nvidia) + 1  # the base, NVIDIA's, triton
+            assert old_layers[:shared] == new_layers[:shared]
+            torch_at = 1 + [layer.packages for layer in newer.layer_plan].index(("torch", "torchvision", "torchaudio"))
+            assert old_layers[torch_at] != new_layers[torch_at]
+            assert old_layers[torch_at + 1] == new_layers[torch_at + 1]  # every other package: same pins
+
+            stored = [registry_bytes(box)]
+            for spec in (newer, older):
+                ref = f"{address}/layers/{spec.tag}"
+                docker_client.images.get(spec.tag).tag(ref)
+                pushed.append(ref)
+                for line in docker_client.images.push(ref, stream=True, decode=True):
+                    assert "error" not in line, line
+                stored.append(registry_bytes(box))
+            first, second = stored[1] - stored[0], stored[2] - stored[1]
+            print(f"\nfirst push ({newer.tag}): {first / 1e9:.2f} GB; second ({older.tag}): {second / 1e9:.2f} GB "
+                  f"= {second / first:.1%}")
+            assert 0 < second <= SECOND_PUSH_SHARE * first
+        finally:
+            for ref in [*pushed, older.tag]:
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove(ref, force=ref == older.tag)
