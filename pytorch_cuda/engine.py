@@ -134,6 +134,13 @@ class DockerEngine:
         except docker.errors.ImageNotFound:
             raise PytorchCudaError(f"image {reference} is not here: build it (build.py) or pull it first") from None
 
+    def architecture(self, reference: str) -> str:
+        """The CPU architecture the image's config names ("amd64", "arm64")."""
+        try:
+            return str(self.client.api.inspect_image(reference).get("Architecture") or "")
+        except docker.errors.ImageNotFound:
+            raise PytorchCudaError(f"image {reference} is not here: build it (build.py) or pull it first") from None
+
     def exists(self, reference: str) -> bool:
         try:
             self.client.api.inspect_image(reference)

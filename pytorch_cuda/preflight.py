@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import platform
 import shutil
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
@@ -23,6 +24,7 @@ from .errors import DockerUnavailable, PytorchCudaError
 
 HOOK = "nvidia-container-runtime-hook"
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+BUILT_ARCHITECTURE = "amd64"
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class HostFacts:
     hook: Optional[str] = None  # path of nvidia-container-runtime-hook: `docker run --gpus` uses it
     cdi_specs: tuple[str, ...] = ()  # CDI spec files naming nvidia.com/gpu devices
     docker_problem: str = ""  # why the Docker engine could not be asked
+    machine: str = ""  # the host's CPU as `uname -m` says it ("x86_64", "aarch64"); "" when not asked
 
 
 @dataclass(frozen=True)
@@ -90,11 +93,19 @@ def _docker_finding(host: HostFacts) -> Finding:
                                 "Toolkit (and `nvidia-ctk cdi generate` for CDI)")
 
 
-def evaluate(image: Optional[Manifest], host: HostFacts) -> list[Finding]:
-    """Every reason this image would not train on this host's GPUs, in words a user can act on."""
+def evaluate(image: Optional[Manifest], host: HostFacts, architecture: str = "") -> list[Finding]:
+    """Every reason this image would not train on this host's GPUs, in words a user can act on.
+
+    `architecture`: the image's CPU architecture (OCI name, "amd64"), judged against host.machine
+    when both are known.
+    """
     if image is None:
         return [Finding(compat.FAIL, "this image has no io.pytorch-cuda labels: it was not built by pytorch-cuda")]
-    return [_driver_finding(image, host), *_gpu_findings(image, host), _docker_finding(host)]
+    findings = [_driver_finding(image, host), *_gpu_findings(image, host), _docker_finding(host)]
+    if architecture and host.machine:
+        verdict = compat.platform_verdict(host.machine, architecture)
+        findings.append(Finding(verdict.status, verdict.message))
+    return findings
 
 
 def cdi_specs(directories: Iterable[str] = CDI_DIRS) -> tuple[str, ...]:
@@ -115,7 +126,7 @@ def host_facts(docker_runtimes: tuple[str, ...], cdi_dirs: Iterable[str] = CDI_D
                which: Callable[[str], Optional[str]] = shutil.which, docker_problem: str = "") -> HostFacts:
     report = nvsmi.query(which=which)
     return HostFacts(report.driver, report.gpus, docker_runtimes, report.problem, which(HOOK), cdi_specs(cdi_dirs),
-                     docker_problem)
+                     docker_problem, platform.machine())
 
 
 def judge(ref: str) -> tuple[str, list[Finding]]:
@@ -130,11 +141,14 @@ def judge(ref: str) -> tuple[str, list[Finding]]:
     runtimes: tuple[str, ...] = ()
     cdi_dirs: tuple[str, ...] = CDI_DIRS
     docker_problem, labels = "", None
+    # build.py builds linux/amd64 images only, so a tag judged from its committed manifest is amd64.
+    architecture = BUILT_ARCHITECTURE
     try:
         engine = connect(timeout=30)
         runtimes = engine.runtimes()
         cdi_dirs = tuple(dict.fromkeys((*CDI_DIRS, *engine.cdi_spec_dirs())))
         labels = engine.labels(ref)
+        architecture = engine.architecture(ref)
     except DockerUnavailable:
         docker_problem = "the Docker daemon cannot be reached (start it, or set DOCKER_HOST)"
     except PytorchCudaError:  # not here: a tag of the matrix can still be judged from its manifest
@@ -149,7 +163,7 @@ def judge(ref: str) -> tuple[str, list[Finding]]:
     else:
         raise PytorchCudaError(f"image {ref} is not here and is not a tag of the matrix: build it (build.py) or "
                                "pull it first")
-    return source, evaluate(image, host_facts(runtimes, cdi_dirs, docker_problem=docker_problem))
+    return source, evaluate(image, host_facts(runtimes, cdi_dirs, docker_problem=docker_problem), architecture)
 
 
 def command(ref: str) -> int:

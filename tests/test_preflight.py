@@ -101,3 +101,30 @@ def test_cdi_specs_are_found_only_when_they_name_nvidia_gpus(tmp_path):
 def test_image_without_our_labels():
     assert from_labels({}, "debian") is None
     assert statuses(evaluate(None, HostFacts("550.1", (H100,), TOOLKIT))) == ["fail"]
+
+
+# The platform rule (verify/compat.py): the host's driver libraries are built for its CPU, so only an
+# image of that CPU architecture can load them. Expected answers written by hand.
+@pytest.mark.parametrize("machine, architecture, status", [
+    ("x86_64", "amd64", "ok"),
+    ("aarch64", "arm64", "ok"),  # a GH200 or GB200 node with an arm64 image
+    ("arm64", "arm64", "ok"),  # how macOS and some BSDs spell it
+    ("aarch64", "amd64", "fail"),  # today's amd64 images on a Grace node
+    ("x86_64", "arm64", "fail"),
+])
+def test_the_image_must_be_built_for_the_hosts_cpu(machine, architecture, status):
+    findings = evaluate(IMAGE, HostFacts("580.95.05", (H100,), TOOLKIT, machine=machine), architecture)
+    assert len(findings) == 4 and findings[-1].status == status, findings[-1]
+
+
+def test_an_amd64_image_on_a_grace_host_says_why_in_words():
+    findings = evaluate(IMAGE, HostFacts("580.95.05", (nvsmi.SmiGpu("NVIDIA GH200 480GB", "9.0"),), TOOLKIT,
+                                         machine="aarch64"), "amd64")
+    said = findings[-1].message
+    assert "the image is linux/amd64 but this host is aarch64 (linux/arm64)" in said
+    assert "CUDA is not available" in said and "use an image built for linux/arm64" in said
+
+
+def test_no_platform_finding_when_either_side_is_unknown():
+    assert len(evaluate(IMAGE, HostFacts("580.95.05", (H100,), TOOLKIT, machine="aarch64"))) == 3
+    assert len(evaluate(IMAGE, HostFacts("580.95.05", (H100,), TOOLKIT), "amd64")) == 3

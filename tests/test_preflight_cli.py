@@ -6,6 +6,7 @@ user gets when asking before pulling). Expected verdicts: tests/conformance (NVI
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def test_an_l4_has_kernels_in_the_cuda_12_1_image(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sm_86 cubin runs on sm_89" in done.stdout and "no kernel image" not in done.stdout
     assert "can use this host's GPUs" in done.stdout
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    if machine == "x86_64":  # the committed tags are linux/amd64 images
+        assert "ok     the image is linux/amd64, like this host (x86_64)" in done.stdout, done.stdout
 
 
 @pytest.mark.parametrize("tag, driver", [("2.6.0-cuda12.4", "535.104.05"), ("2.10.0-cuda12.8", "550.54.15")])

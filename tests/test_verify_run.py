@@ -83,6 +83,8 @@ def test_fingerprint(full_run):
             "tag"} <= set(fingerprint)
     assert fingerprint["python"] == platform.python_version() and fingerprint["torch"] == torch.__version__
     assert fingerprint["manifest"] is None
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    assert fingerprint["machine"] == machine  # what the kernel says, asked apart from verify
 
 
 def test_cpu_machine_runs_cpu_checks_and_skips_gpu_ones_out_loud(full_run):

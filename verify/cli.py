@@ -103,6 +103,7 @@ def _fingerprint(probe: CheckResult, manifest: Optional[Manifest], started: date
     found = probe.figures if probe.status is Status.PASS else {}
     fingerprint: Dict[str, Any] = {
         "hostname": socket.gethostname(),
+        "machine": platform.machine(),  # the CPU the container sees: x86_64, aarch64 (Grace parts)
         "time": started.isoformat(timespec="seconds"),
         "python": found.get("python", platform.python_version()),
         "torch": found.get("torch"),

@@ -17,6 +17,10 @@ verdict is ok, warn or fail with a sentence a user can act on. The rules, with t
 - Native bf16 needs compute capability 8.0 (Ampere); torch >= 2.3 reports bf16 "supported" on
   older GPUs by emulating it, which is slow and not what a mixed-precision job should use.
 - Triton, and so torch.compile on the GPU, needs compute capability 7.0.
+- Platform: the NVIDIA container toolkit mounts the host's driver libraries (built for the host's
+  CPU) into the container, so only an image of the host's own CPU architecture can load them. An
+  amd64 image on an arm64 host (Grace Hopper GH200, Grace Blackwell GB200 and GB10 are arm64)
+  runs, if at all, under QEMU emulation with no CUDA: fail.
 """
 from __future__ import annotations
 
@@ -101,6 +105,28 @@ def arch_verdict(name: str, capability: Optional[Tuple[int, int]], arch_list: It
     return Verdict(FAIL, f"GPU {name} ({sm}) is not covered by the compiled architectures ({' '.join(arch_list)}): "
                          f"torch would fail with 'no kernel image is available for execution on the device'; use a "
                          f"tag whose archs include {sm} or an sm_{capability[0]}x below it")
+
+
+# `uname -m` (Python's platform.machine()) to the architecture name of OCI images and Docker.
+_OCI_ARCHITECTURE = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def oci_architecture(machine: str) -> str:
+    """'x86_64' -> 'amd64', 'aarch64' -> 'arm64'; other names are returned as they are."""
+    return _OCI_ARCHITECTURE.get(machine.lower(), machine.lower())
+
+
+def platform_verdict(host_machine: str, image_architecture: str) -> Verdict:
+    """Whether an image built for `image_architecture` (OCI name) can use the GPUs of a host whose
+    CPU is `host_machine` (`uname -m`)."""
+    host = oci_architecture(host_machine)
+    image = oci_architecture(image_architecture)
+    if host == image:
+        return Verdict(OK, f"the image is linux/{image}, like this host ({host_machine})")
+    return Verdict(FAIL, f"the image is linux/{image} but this host is {host_machine} (linux/{host}): it could "
+                         f"run only under emulation, where the host's NVIDIA driver libraries (built for "
+                         f"{host_machine}) cannot be loaded, so CUDA is not available; use an image built for "
+                         f"linux/{host}")
 
 
 def native_bf16(capability: Tuple[int, int]) -> bool:
