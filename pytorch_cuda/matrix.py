@@ -2,7 +2,15 @@
 
 The same `MatrixEntry` objects feed rendering, tagging, the CLI's --list and the tests, so there is
 one list of what exists (images/matrix.json, regenerated from wheel metadata by tools/matrixgen).
-The file's schema is defined here once (SCHEMA, ENTRY_KEYS); the generator and the tests use it.
+The file's schema is defined here once (SCHEMA, ENTRY_KEYS, PLATFORM_BUILD_KEYS); the generator and
+the tests use it.
+
+An entry's top-level facts (pins, archs, pythons) are those of the release's Linux x86_64 wheels, the
+linux/amd64 image. Its `arm64` key is null where the same release's Linux aarch64 wheels on the same
+index are not CUDA builds (PyPI's are CPU-only before torch 2.11) or do not exist; else it holds what
+those wheels give, read from their metadata the same way: `archs`, `archs_source`, `cuda_runtime`,
+`nvidia_packages` (markers evaluated for aarch64), `pythons` and `triton`. Its CUDA is the entry's
+`cuda` (the generator checks it). The devel image's compiler (`devel`) is the x86_64 one.
 """
 from __future__ import annotations
 
@@ -22,14 +30,21 @@ BASES_FILE = IMAGES_DIR / "bases.json"
 VARIANTS_FILE = IMAGES_DIR / "variants.json"
 PYPI = "pypi"
 PYPI_URL = "https://pypi.org/simple"
-SCHEMA = 3  # of images/matrix.json; 2: min_driver became toolkit_driver, driver_floor was added; 3: devel
+# of images/matrix.json; 2: min_driver became toolkit_driver, driver_floor was added; 3: devel; 4: arm64 (the
+# release's Linux aarch64 wheels where they are CUDA builds, else null; no other value changed)
+SCHEMA = 4
+AMD64 = "linux/amd64"
+ARM64 = "linux/arm64"
+PLATFORMS = (AMD64, ARM64)  # Docker platforms, in the order a multi-platform build lists them
 # Every key of a matrix.json entry: the MatrixEntry fields plus what the generator records of how it
 # matched companions and found the archs (kept for review, not used by builds).
 ENTRY_KEYS = frozenset({
     "torch", "cuda", "index", "pythons", "torchvision", "torchvision_match", "torchaudio", "torchaudio_match",
     "triton", "cuda_runtime", "cudnn", "nccl", "cublas", "nvidia_packages", "archs", "archs_source",
-    "toolkit_driver", "driver_floor", "devel",
+    "toolkit_driver", "driver_floor", "devel", "arm64",
 })
+# Every key of an entry's `arm64` object, where it is not null.
+PLATFORM_BUILD_KEYS = frozenset({"archs", "archs_source", "cuda_runtime", "nvidia_packages", "pythons", "triton"})
 
 
 def minor_of(version: str) -> str:
@@ -43,6 +58,18 @@ class Base:
 
     python: str
     image: str
+
+
+@dataclass(frozen=True)
+class PlatformBuild:
+    """A release's CUDA wheels for another platform than linux/amd64 (so far linux/arm64): same torch,
+    same index, same CUDA as its entry; pins, pythons and archs as that platform's wheels state them."""
+
+    pythons: tuple[str, ...]
+    cuda_runtime: str
+    triton: str | None
+    nvidia_packages: Mapping[str, str] = field(compare=False)
+    archs: tuple[str, ...] | None  # None where the wheel's arch list could not be read
 
 
 @dataclass(frozen=True)
@@ -68,10 +95,16 @@ class MatrixEntry:
     devel: Mapping[str, Any] = field(compare=False)
     toolkit_driver: str  # the Linux driver of this CUDA release
     driver_floor: str  # the oldest driver that runs this CUDA major (minor version compatibility)
+    arm64: PlatformBuild | None  # the release's linux/arm64 CUDA wheels; None where it has none
 
     @property
     def torch_minor(self) -> str:
         return minor_of(self.torch)
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """The Docker platforms this release has CUDA wheels for: linux/amd64, and linux/arm64 where `arm64`."""
+        return PLATFORMS if self.arm64 is not None else (AMD64,)
 
     @property
     def requirements(self) -> tuple[str, ...]:
@@ -104,6 +137,12 @@ class Matrix:
 
     def torch_versions(self) -> list[str]:
         return sorted({b.torch for b in self.builds}, key=versions.parse_version)
+
+    def builds_on(self, platform: str) -> list[MatrixEntry]:
+        """The builds with CUDA wheels for a Docker `platform` ("linux/arm64"), in the file's order."""
+        if platform not in PLATFORMS:
+            raise UsageError(f"platform {platform} is not one of {', '.join(PLATFORMS)}")
+        return [b for b in self.builds if platform in b.platforms]
 
     def newest_per_tag(self) -> list[MatrixEntry]:
         """One build per (torch, CUDA): PyPI's wheels win over a per-CUDA index's copy."""
@@ -205,6 +244,20 @@ def _describe(cuda: str | None, torch: str | None, python: str | None) -> str:
     return " with ".join(parts)
 
 
+def _platform_build_from_json(value: Mapping[str, Any] | None) -> PlatformBuild | None:
+    if value is None:
+        return None
+    if set(value) != PLATFORM_BUILD_KEYS:
+        raise ValueError(f"arm64 keys {sorted(value)}, schema {SCHEMA} has {sorted(PLATFORM_BUILD_KEYS)}")
+    return PlatformBuild(
+        pythons=tuple(value["pythons"]),
+        cuda_runtime=value["cuda_runtime"],
+        triton=value["triton"],
+        nvidia_packages=dict(value["nvidia_packages"]),
+        archs=tuple(value["archs"]) if value["archs"] else None,
+    )
+
+
 def _build_from_json(entry: Mapping[str, Any], indexes: Mapping[str, str]) -> MatrixEntry:
     return MatrixEntry(
         torch=entry["torch"],
@@ -224,6 +277,7 @@ def _build_from_json(entry: Mapping[str, Any], indexes: Mapping[str, str]) -> Ma
         devel=dict(entry["devel"]),
         toolkit_driver=entry["toolkit_driver"],
         driver_floor=entry["driver_floor"],
+        arm64=_platform_build_from_json(entry["arm64"]),
     )
 
 

@@ -99,6 +99,23 @@ def test_build_entry(build):
     for field in ("torchvision", "torchaudio", "triton"):
         assert build[field] is None or VERSION.match(build[field])
 
+    arm64 = build["arm64"]
+    if arm64 is not None:  # the release's aarch64 wheels are CUDA builds of the entry's CUDA
+        assert set(arm64) == matrix.PLATFORM_BUILD_KEYS
+        assert ".".join(arm64["cuda_runtime"].split(".")[:2]) == build["cuda"]
+        arm_packages = arm64["nvidia_packages"]
+        assert arm_packages and all(PIN.match(v) for v in arm_packages.values())
+        assert all(n.startswith("nvidia-") or n == "cuda-toolkit" for n in arm_packages)
+        assert [v for n, v in arm_packages.items() if re.fullmatch(r"nvidia-cuda-runtime(-cu\d+)?", n)] == [
+            arm64["cuda_runtime"]]
+        assert arm64["pythons"] and arm64["pythons"] == sorted(set(arm64["pythons"]), key=versions.parse_version)
+        if arm64["archs"] is None:
+            assert arm64["archs_source"].startswith("not ")
+        else:
+            assert all(ARCH.match(a) for a in arm64["archs"]) and len(set(arm64["archs"])) == len(arm64["archs"])
+            assert arm64["archs_source"] == "torch/lib/libtorch_python.so"
+        assert arm64["triton"] is None or VERSION.match(arm64["triton"])
+
 
 def test_every_final_release_from_21_is_present():
     """The file's own list of PyPI releases has no hole: every minor from 2.1 to the newest one,
@@ -127,6 +144,25 @@ def test_known_facts():
     assert pypi["2.4.1"]["cudnn"] == "9.1.0.70" and pypi["2.1.0"]["cudnn"].startswith("8.9.")
     assert pypi["2.4.1"]["pythons"] == ["3.8", "3.9", "3.10", "3.11", "3.12"]
     assert "sm_90" in pypi["2.1.0"]["archs"]
+
+
+def test_known_arm64_facts():
+    """PyPI's aarch64 torch wheels, read by hand from their metadata: 2.14.1's requires
+    cuda-toolkit[...]==13.0.3, nvidia-cudnn-cu13 and nvidia-nccl-cu13 on any Linux; 2.4.1's and
+    2.9.0's pin NVIDIA packages for x86_64 only (CPU builds on aarch64)."""
+    pypi = {b["torch"]: b for b in BUILDS if b["index"] == "pypi"}
+    arm64 = pypi["2.14.1"]["arm64"]
+    assert pypi["2.14.1"]["cuda"] == "13.0" and arm64["cuda_runtime"].startswith("13.0.")
+    assert arm64["nvidia_packages"]["cuda-toolkit"] == "13.0.3"
+    assert arm64["nvidia_packages"]["nvidia-cudnn-cu13"] == "9.24.0.43"
+    assert arm64["nvidia_packages"]["nvidia-nccl-cu13"] == "2.30.7"
+    assert arm64["archs"] and "sm_90" in arm64["archs"]
+    assert pypi["2.4.1"]["cuda"] == "12.1" and pypi["2.4.1"]["arm64"] is None
+    assert pypi["2.9.0"]["arm64"] is None
+    loaded = matrix.load()
+    assert loaded.resolve(torch="2.14.1", cuda="13.0").platforms == ("linux/amd64", "linux/arm64")
+    assert loaded.resolve(torch="2.4.1", cuda="12.1").platforms == ("linux/amd64",)
+    assert loaded.resolve(torch="2.14.1").arm64 is not None
 
 
 def test_driver_table():

@@ -94,6 +94,44 @@ Requires-Dist: nvidia-cufft==12.0.0.61.*; (sys_platform == 'linux' or sys_platfo
 Requires-Dist: nvidia-npp==13.0.1.2.*; sys_platform == 'win32' and extra == 'cudart'
 """
 
+# Abridged from PyPI's torch-2.14.1-cp312-cp312-manylinux_2_28_aarch64.whl: the same CUDA 13 pins as the
+# x86_64 wheel, under markers that hold on any Linux. The opencl extra is added here (torch asks none)
+# to show that the cuda-toolkit expansion is evaluated for the machine too.
+TORCH_AARCH64_CU13_METADATA = """\
+Metadata-Version: 2.4
+Name: torch
+Version: 2.14.1
+Requires-Dist: filelock
+Requires-Dist: cuda-toolkit[cudart,cufile,opencl]==13.0.3; platform_system == "Linux"
+Requires-Dist: cuda-bindings<14,>=13.0.3; platform_system == "Linux" and python_version < "3.15"
+Requires-Dist: nvidia-cudnn-cu13==9.24.0.43; platform_system == "Linux"
+Requires-Dist: nvidia-nccl-cu13==2.30.7; platform_system == "Linux"
+Requires-Dist: triton~=3.8.0; platform_system == "Linux" and python_version < "3.15"
+"""
+
+# Abridged from PyPI's cuda-toolkit 13.0.3: each line names the machines it exists for.
+CUDA_TOOLKIT_1303_METADATA = """\
+Metadata-Version: 2.4
+Name: cuda-toolkit
+Version: 13.0.3
+Requires-Dist: nvidia-cuda-runtime==13.0.96.*; (sys_platform == 'linux' and platform_machine == 'aarch64' or sys_platform == 'linux' and platform_machine == 'x86_64' or sys_platform == 'win32' and platform_machine == 'AMD64') and extra == 'cudart'
+Requires-Dist: nvidia-cufile==1.15.1.6.*; (sys_platform == 'linux' and platform_machine == 'aarch64' or sys_platform == 'linux' and platform_machine == 'x86_64') and extra == 'cufile'
+Requires-Dist: nvidia-cuda-opencl==13.0.85.*; (sys_platform == 'linux' and platform_machine == 'x86_64' or sys_platform == 'win32' and platform_machine == 'AMD64') and extra == 'opencl'
+"""
+
+# Abridged from PyPI's torch-2.9.0-cp312-cp312-manylinux_2_28_aarch64.whl: every NVIDIA pin (and triton)
+# is for x86_64 only, so the aarch64 wheel is a CPU build.
+TORCH_AARCH64_CPU_METADATA = """\
+Metadata-Version: 2.1
+Name: torch
+Version: 2.9.0
+Requires-Dist: filelock
+Requires-Dist: nvidia-cuda-runtime-cu12==12.8.90; platform_system == "Linux" and platform_machine == "x86_64"
+Requires-Dist: nvidia-cudnn-cu12==9.10.2.21; platform_system == "Linux" and platform_machine == "x86_64"
+Requires-Dist: nvidia-nccl-cu12==2.27.5; platform_system == "Linux" and platform_machine == "x86_64"
+Requires-Dist: triton==3.5.0; platform_system == "Linux" and platform_machine == "x86_64"
+"""
+
 
 # ------------------------------------------------------------ requirements
 
@@ -158,6 +196,41 @@ def test_cuda13_meta_package_is_expanded_for_its_extras():
     assert cuda_from_runtime(component_pin(pins, "nvidia-cuda-runtime")) == "13.0"
 
 
+def test_an_aarch64_cuda_wheel_pins_for_aarch64_with_the_toolkit_expanded_for_aarch64():
+    asked = []
+
+    def expand(name, version, extras):
+        asked.append((name, version, extras))
+        return CUDA_TOOLKIT_1303_METADATA
+
+    aarch64 = nvidia_pins(TORCH_AARCH64_CU13_METADATA, "3.12", expand, machine=pins.AARCH64)
+    assert asked == [("cuda-toolkit", "13.0.3", frozenset({"cudart", "cufile", "opencl"}))]
+    assert aarch64 == {
+        "cuda-toolkit": "13.0.3",
+        "nvidia-cuda-runtime": "13.0.96.*",
+        "nvidia-cufile": "1.15.1.6.*",  # no nvidia-cuda-opencl: x86_64 and Windows only
+        "nvidia-cudnn-cu13": "9.24.0.43",
+        "nvidia-nccl-cu13": "2.30.7",
+    }
+    x86_64 = nvidia_pins(TORCH_AARCH64_CU13_METADATA, "3.12", expand)
+    assert x86_64 == {**aarch64, "nvidia-cuda-opencl": "13.0.85.*"}
+    assert triton_pin(TORCH_AARCH64_CU13_METADATA, "3.12", pins.AARCH64) is None  # ~=3.8.0 is no exact pin
+
+
+def test_an_aarch64_cpu_wheel_has_no_nvidia_pins_for_aarch64():
+    assert nvidia_pins(TORCH_AARCH64_CPU_METADATA, "3.12", machine=pins.AARCH64) == {}
+    assert triton_pin(TORCH_AARCH64_CPU_METADATA, "3.12", pins.AARCH64) is None
+    assert [r.name for r in applicable_requirements(TORCH_AARCH64_CPU_METADATA, "3.12", machine="aarch64")] == [
+        "filelock"]
+    # The same text read for x86_64, as the entry's own wheels are.
+    assert nvidia_pins(TORCH_AARCH64_CPU_METADATA, "3.12") == {
+        "nvidia-cuda-runtime-cu12": "12.8.90",
+        "nvidia-cudnn-cu12": "9.10.2.21",
+        "nvidia-nccl-cu12": "2.27.5",
+    }
+    assert triton_pin(TORCH_AARCH64_CPU_METADATA, "3.12") == "3.5.0"
+
+
 def test_cpu_build_has_no_nvidia_pins():
     assert nvidia_pins("Name: torch\nVersion: 2.4.1\nRequires-Dist: filelock\n", "3.12") == {}
 
@@ -219,6 +292,22 @@ def test_select_wheels_picks_linux_x86_64_cpython_wheels():
     assert not pins.is_final("2.5.0rc1") and pins.is_final("2.4.1+cu121")
 
 
+def test_select_wheels_for_aarch64_picks_linux_aarch64_wheels_only():
+    files = [
+        _f("torch-2.4.1-cp311-cp311-manylinux2014_aarch64.whl"),
+        _f("torch-2.9.0-cp312-cp312-manylinux_2_28_aarch64.whl"),
+        _f("torch-2.9.0-cp312-cp312-manylinux_2_28_x86_64.whl"),
+        _f("torch-2.9.0-cp313-cp313-macosx_11_0_arm64.whl"),
+        _f("torch-2.9.0-cp313-cp313t-manylinux_2_28_aarch64.whl"),  # free-threaded
+        _f("torch-2.9.0+cu128-cp310-cp310-linux_aarch64.whl"),
+    ]
+    grouped = select_wheels(files, "torch", pins.AARCH64)
+    assert {v: sorted(by_python) for v, by_python in grouped.items()} == {
+        "2.4.1": ["3.11"], "2.9.0": ["3.12"], "2.9.0+cu128": ["3.10"]}
+    assert grouped["2.9.0"]["3.12"].filename == "torch-2.9.0-cp312-cp312-manylinux_2_28_aarch64.whl"
+    assert list(select_wheels(files, "torch")) == ["2.9.0"]  # x86_64, the default
+
+
 def test_select_wheels_prefers_the_highest_build_tag():
     files = [
         _f("torch-2.10.0-cp312-cp312-manylinux_2_28_x86_64.whl"),
@@ -246,11 +335,13 @@ def test_refresher_releases_and_pythons_from_a_file_list():
         _f("torch-2.10.0-cp312-cp312-manylinux_2_28_x86_64.whl"),
         _f("torch-2.9.0-cp314-cp314t-manylinux_2_28_x86_64.whl"),
         _f("torch-2.11.0.dev20260101-cp312-cp312-manylinux_2_28_x86_64.whl"),
+        _f("torch-2.10.0-cp312-cp312-manylinux_2_28_aarch64.whl"),
+        _f("torch-2.10.0-cp313-cp313-manylinux_2_28_aarch64.whl"),
     ]
     releases = r.releases("pypi", "2.1")
-    assert [(x.version, pins.sort_pythons(x.wheels)) for x in releases] == [
-        ("2.1.0", ["3.8", "3.11"]),
-        ("2.10.0", ["3.12"]),
+    assert [(x.version, pins.sort_pythons(x.wheels), pins.sort_pythons(x.aarch64_wheels)) for x in releases] == [
+        ("2.1.0", ["3.8", "3.11"], []),
+        ("2.10.0", ["3.12"], ["3.12", "3.13"]),
     ]
     assert [x.version for x in r.releases("pypi", "2.1", ["2.10.0"])] == ["2.10.0"]
 
@@ -387,19 +478,21 @@ def server() -> Iterator[tuple[str, type[_Handler]]]:
         httpd.server_close()
 
 
-def _wheel_bytes() -> tuple[bytes, bytes]:
+def _wheel_bytes(
+    metadata: str = TORCH_CU12_METADATA, cuda: str = "12.1", archs: bytes = b"sm_75 sm_80 sm_90"
+) -> tuple[bytes, bytes]:
     """A torch-like wheel: many members, a large incompressible one, METADATA and the .so."""
     import os
 
-    so = os.urandom(3 << 20) + b"\x00sm_75 sm_80 sm_90\x00" + os.urandom(1 << 20)
+    so = os.urandom(3 << 20) + b"\x00" + archs + b"\x00" + os.urandom(1 << 20)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for i in range(300):
             zf.writestr(f"torch/include/h{i}.h", f"// header {i}\n" * 50)
         zf.writestr("torch/lib/libtorch_cuda.so", os.urandom(8 << 20))
         zf.writestr("torch/lib/libtorch_python.so", so)
-        zf.writestr("torch/version.py", "cuda: Optional[str] = '12.1'\n")
-        zf.writestr("torch-2.4.1.dist-info/METADATA", TORCH_CU12_METADATA)
+        zf.writestr("torch/version.py", f"cuda: Optional[str] = '{cuda}'\n")
+        zf.writestr("torch-2.4.1.dist-info/METADATA", metadata)
         zf.writestr("torch-2.4.1.dist-info/RECORD", "")
     return buf.getvalue(), so
 
@@ -513,6 +606,7 @@ def test_index_html_fallback_and_arch_read_end_to_end(server):
     assert (b["torchvision"], b["torchaudio"], b["triton"]) == ("0.19.1", "2.4.1", "3.0.0")
     assert b["archs"] == ["sm_75", "sm_80", "sm_90"]
     assert b["archs_source"] == "torch/lib/libtorch_python.so"
+    assert b["arm64"] is None  # the index has no aarch64 wheel
     assert b["toolkit_driver"] == "530.30.02" and b["driver_floor"] == "525.60.13"
     assert b["cudnn"] == "9.1.0.70"
     # The devel image's compiler: CUDA 12.1.1's (the cuda-toolkit whose runtime torch pins) from apt.
@@ -523,6 +617,78 @@ def test_index_html_fallback_and_arch_read_end_to_end(server):
                 "cuda-nvdisasm-12-1": "12.1.105-1"},
         "apt_repository": "https://repo.example/debian11/x86_64/", "apt_key": "key.pub", "apt_key_fingerprint": "AB12",
     }
+
+
+# A hand-made aarch64 wheel of the cu121 index's torch 2.4.1: cuBLAS pinned for aarch64 only, NCCL and
+# triton for x86_64 only, the rest on any Linux.
+TORCH_AARCH64_CU121_METADATA = """\
+Metadata-Version: 2.1
+Name: torch
+Version: 2.4.1
+Requires-Dist: filelock
+Requires-Dist: nvidia-cuda-runtime-cu12==12.1.105; platform_system == "Linux"
+Requires-Dist: nvidia-cudnn-cu12==9.1.0.70; platform_system == "Linux"
+Requires-Dist: nvidia-cublas-cu12==12.1.3.1; platform_system == "Linux" and platform_machine == "aarch64"
+Requires-Dist: nvidia-nccl-cu12==2.20.5; platform_system == "Linux" and platform_machine == "x86_64"
+Requires-Dist: triton==3.0.0; platform_system == "Linux" and platform_machine == "x86_64"
+"""
+
+
+def _serve_aarch64_wheel(handler: type[_Handler], metadata: str, cuda: str) -> None:
+    """Add an aarch64 wheel of torch 2.4.1+cu121 (archs sm_87 sm_90) to the index of _serve_cu121_index."""
+    wheel, _ = _wheel_bytes(metadata, cuda, b"sm_87 sm_90")
+    names = ["torch-2.4.1+cu121-cp312-cp312-linux_x86_64.whl", "torch-2.4.1+cu121-cp312-cp312-manylinux_2_28_aarch64.whl"]
+    handler.files[f"/whl/{names[1].replace('+', '%2B')}"] = (wheel, "application/zip")
+    handler.files["/whl/torch/"] = ("".join(
+        f'<a href="/whl/{n.replace("+", "%2B")}#sha256={"0" * 64}">{n}</a>' for n in names).encode(), "text/html")
+
+
+def test_the_aarch64_wheel_of_a_release_fills_its_arm64_key(server):
+    base, handler = server
+    _serve_cu121_index(handler)
+    _serve_aarch64_wheel(handler, TORCH_AARCH64_CU121_METADATA, "12.1")
+    drivers = pins.DriverTable({"12.1": "530.30.02"}, {"12": "525.60.13"})
+    [b] = entries.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0), devel=DEVEL).run("2.1")
+    assert b["arm64"] == {
+        "archs": ["sm_87", "sm_90"],
+        "archs_source": "torch/lib/libtorch_python.so",
+        "cuda_runtime": "12.1.105",
+        "nvidia_packages": {
+            "nvidia-cublas-cu12": "12.1.3.1",
+            "nvidia-cuda-runtime-cu12": "12.1.105",
+            "nvidia-cudnn-cu12": "9.1.0.70",
+        },
+        "pythons": ["3.12"],
+        "triton": None,
+    }
+    # The top-level facts stay the x86_64 wheel's.
+    assert b["archs"] == ["sm_75", "sm_80", "sm_90"] and b["triton"] == "3.0.0"
+    assert b["nvidia_packages"] == {
+        "nvidia-cublas-cu12": "12.1.3.1", "nvidia-cuda-runtime-cu12": "12.1.105",
+        "nvidia-cudnn-cu12": "9.1.0.70", "nvidia-nccl-cu12": "2.20.5"}
+
+
+def test_a_cpu_only_aarch64_wheel_gives_a_null_arm64(server):
+    base, handler = server
+    _serve_cu121_index(handler)
+    _serve_aarch64_wheel(handler, TORCH_AARCH64_CPU_METADATA, "12.1")
+    drivers = pins.DriverTable({"12.1": "530.30.02"}, {"12": "525.60.13"})
+    [b] = entries.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0), devel=DEVEL).run("2.1")
+    assert b["arm64"] is None and b["cuda"] == "12.1"
+
+
+@pytest.mark.parametrize("metadata, version_py, message", [
+    (TORCH_AARCH64_CU121_METADATA.replace("runtime-cu12==12.1.105", "runtime-cu12==12.4.127"), "12.1",
+     "the aarch64 wheel's runtime pin says CUDA 12.4, the x86_64 wheel's 12.1"),
+    (TORCH_AARCH64_CU121_METADATA, "12.4", "the aarch64 wheel's torch/version.py says CUDA 12.4, the x86_64 wheel's 12.1"),
+])
+def test_an_aarch64_wheel_of_another_cuda_stops_the_run(server, metadata, version_py, message):
+    base, handler = server
+    _serve_cu121_index(handler)
+    _serve_aarch64_wheel(handler, metadata, version_py)
+    drivers = pins.DriverTable({"12.1": "530.30.02"}, {"12": "525.60.13"})
+    with pytest.raises(RefreshError, match=re.escape(message)):
+        entries.Refresher({"cu121": f"{base}/whl"}, drivers, Http(retries=0), devel=DEVEL).run("2.1")
 
 
 DEVEL = pins.DevelTable("key.pub", "AB12", {"12.1.1": {
@@ -587,6 +753,8 @@ def test_crosschecks_accept_agreeing_facts():
     crosschecks.cuda_agrees("2.4.1+cu121", "12.1", "12.1")
     crosschecks.cuda_agrees("2.4.1", "12.1", None)
     crosschecks.arch_tokens_valid("t.whl", ["sm_90a", "compute_90"])
+    crosschecks.machine_cuda_agrees("2.14.1", "aarch64", "13.0", "13.0", "13.0")
+    crosschecks.machine_cuda_agrees("2.14.1", "aarch64", "13.0", "13.0", None)
     crosschecks.no_duplicate_keys([("2.4.1", "12.1", "pypi"), ("2.4.1", "12.1", "cu121")])
 
 
@@ -613,6 +781,10 @@ def test_crosschecks_accept_agreeing_facts():
          "two builds share the key ('2.4.1', '12.1', 'pypi')"),
         (lambda: crosschecks.entry_keys_exact({"torch": "2.4.1", "z": 1}),
          "torch 2.4.1: entry keys differ from matrix.ENTRY_KEYS"),
+        (lambda: crosschecks.entry_keys_exact({**dict.fromkeys(matrix.ENTRY_KEYS), "torch": "2.4.1", "arm64": {"archs": []}}),
+         "torch 2.4.1: arm64 keys ['archs'] differ from matrix.PLATFORM_BUILD_KEYS"),
+        (lambda: crosschecks.machine_cuda_agrees("2.14.1", "aarch64", "13.0", "12.8", None),
+         "torch 2.14.1: the aarch64 wheel's runtime pin says CUDA 12.8, the x86_64 wheel's 13.0"),
     ],
 )
 def test_crosschecks_name_the_release_and_the_disagreement(check, message):

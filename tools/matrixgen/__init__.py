@@ -13,6 +13,9 @@ wheel, never from memory:
 * the GPU architectures: the string behind ``torch._C._cuda_getArchFlags()``, which is
   compiled into ``torch/lib/libtorch_python.so``; only that member is read, by Range requests;
 * ``torch/version.py`` (also read by Range) cross-checks the CUDA version;
+* the ``arm64`` key: the same three readings of the release's Linux aarch64 wheels on the same
+  index (markers evaluated with ``platform_machine == "aarch64"``); ``null`` where those pin no
+  NVIDIA package or do not exist, and an error where their CUDA is not the entry's;
 * the drivers: ``images/cuda_drivers.json``, transcribed from NVIDIA's release notes: the driver
   of each CUDA release, and the floor of each CUDA major (minor version compatibility).
 

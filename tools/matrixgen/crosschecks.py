@@ -1,8 +1,9 @@
 """What must agree before an entry is written; each check raises RefreshError naming the release.
 
 A release's facts come from several places that could drift apart: one metadata file per python
-wheel, the runtime pin, ``torch/version.py`` and the index's local label (``+cu121``). The matrix
-states one value for each, so a disagreement stops the run instead of picking one.
+wheel, the runtime pin, ``torch/version.py``, the index's local label (``+cu121``) and the same
+release's aarch64 wheels. The matrix states one value for each, so a disagreement stops the run
+instead of picking one.
 """
 
 from __future__ import annotations
@@ -56,18 +57,36 @@ def cuda_agrees(release: str, cuda: str, version_py_cuda: str | None) -> None:
         raise RefreshError(f"torch {release}: local label disagrees with CUDA {cuda}")
 
 
+def machine_cuda_agrees(
+    release: str, machine: str, cuda: str, machine_cuda: str, version_py_cuda: str | None
+) -> None:
+    """The CUDA of the release's wheels for another ``machine`` (their runtime pin and their
+    ``torch/version.py``) is the entry's ``cuda``, read from the x86_64 wheels: one entry, one CUDA."""
+    for source, value in (("runtime pin", machine_cuda), (VERSION_MEMBER, version_py_cuda)):
+        if value is not None and value != cuda:
+            raise RefreshError(
+                f"torch {release}: the {machine} wheel's {source} says CUDA {value}, the x86_64 wheel's {cuda}"
+            )
+
+
 def arch_tokens_valid(filename: str, archs: Sequence[str]) -> None:
     if not all(_ARCH_TOKEN_RE.match(a) for a in archs):
         raise RefreshError(f"{filename}: odd arch list {list(archs)}")
 
 
 def entry_keys_exact(entry: Mapping[str, Any]) -> None:
-    """An entry has exactly the keys of the file's schema (``pytorch_cuda.matrix.ENTRY_KEYS``)."""
+    """An entry has exactly the keys of the file's schema (``pytorch_cuda.matrix.ENTRY_KEYS``, and
+    ``PLATFORM_BUILD_KEYS`` in a non-null ``arm64``)."""
     missing, extra = matrix.ENTRY_KEYS - set(entry), set(entry) - matrix.ENTRY_KEYS
     if missing or extra:
         raise RefreshError(
             f"torch {entry.get('torch')}: entry keys differ from matrix.ENTRY_KEYS: "
             f"missing {sorted(missing)}, extra {sorted(extra)}"
+        )
+    arm64 = entry.get("arm64")
+    if arm64 is not None and set(arm64) != matrix.PLATFORM_BUILD_KEYS:
+        raise RefreshError(
+            f"torch {entry.get('torch')}: arm64 keys {sorted(arm64)} differ from matrix.PLATFORM_BUILD_KEYS"
         )
 
 

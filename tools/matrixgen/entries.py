@@ -4,6 +4,13 @@ One entry per (torch, CUDA, index): the pins from every python wheel's metadata,
 ``torch/version.py`` read by Range from the newest python's wheel, the matching torchvision and
 torchaudio, the drivers. Releases are read in parallel threads; index pages and metadata are
 fetched once and shared.
+
+The entry's top-level facts are the Linux x86_64 (``linux/amd64``) wheels'. Its ``arm64`` key says
+what the same release's Linux aarch64 (``linux/arm64``) wheels on the same index give, read the same
+way with ``platform_machine == "aarch64"``: ``null`` where they pin no NVIDIA package (PyPI's
+aarch64 wheels are CPU-only before torch 2.11) or none exist, else an object with ``archs``,
+``archs_source``, ``cuda_runtime``, ``nvidia_packages``, ``pythons`` and ``triton``. Its CUDA must be
+the entry's ``cuda``.
 """
 
 from __future__ import annotations
@@ -21,10 +28,12 @@ from packaging.version import Version
 
 from . import RefreshError, crosschecks
 from .pins import (
+    AARCH64,
     ARCH_MEMBER,
     DEVEL_WHEEL_EXTRAS,
     INSPECTION_WHEELS,
     VERSION_MEMBER,
+    X86_64,
     CompanionMatcher,
     DevelTable,
     DriverTable,
@@ -66,7 +75,11 @@ COMPANIONS = ("torchvision", "torchaudio")
 class TorchRelease:
     version: str  # as in the file names, local label included ("2.4.1+cu121")
     index: str
-    wheels: dict[str, IndexFile]  # python -> wheel
+    wheels: dict[str, IndexFile]  # python -> Linux x86_64 wheel
+    aarch64_wheels: dict[str, IndexFile] = dataclasses.field(default_factory=dict)  # python -> Linux aarch64 wheel
+
+    def wheels_for(self, machine: str) -> dict[str, IndexFile]:
+        return self.aarch64_wheels if machine == AARCH64 else self.wheels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +165,7 @@ class Refresher:
 
     def releases(self, index: str, since: str, only: Sequence[str] = ()) -> list[TorchRelease]:
         grouped = select_wheels(self.files(index, "torch"), "torch")
+        aarch64 = select_wheels(self.files(index, "torch"), "torch", AARCH64)
         floor = Version(since)
         out = []
         for version, wheels in grouped.items():
@@ -159,7 +173,7 @@ class Refresher:
                 continue
             if only and public_version(version) not in only:
                 continue
-            out.append(TorchRelease(version, index, wheels))
+            out.append(TorchRelease(version, index, wheels, aarch64.get(version, {})))
         return sorted(out, key=lambda r: Version(r.version))
 
     def companion(self, index: str, project: str) -> CompanionMatcher:
@@ -194,9 +208,12 @@ class Refresher:
         return archs, ARCH_MEMBER, version_py_cuda
 
     # -- one release
-    def read_pins(self, rel: TorchRelease) -> ReleasePins | None:
-        """The pins of every python wheel, checked to agree; None for a CPU-only release."""
-        pythons = sort_pythons(rel.wheels)
+    def read_pins(self, rel: TorchRelease, machine: str = X86_64) -> ReleasePins | None:
+        """The pins of every python wheel for ``machine``, checked to agree; None for a CPU-only
+        release (or one with no wheel for that machine)."""
+        wheels = rel.wheels_for(machine)
+        pythons = sort_pythons(wheels)
+        label = rel.version if machine == X86_64 else f"{rel.version} ({machine})"
         per_python: dict[str, dict[str, str]] = {}
         tritons: set[str] = set()
 
@@ -204,19 +221,18 @@ class Refresher:
             return self.meta_package(rel.index, name, version)
 
         for py in pythons:
-            text = self.meta.metadata(rel.wheels[py])
-            per_python[py] = nvidia_pins(text, py, expand)
-            pin = triton_pin(text, py)
+            text = self.meta.metadata(wheels[py])
+            per_python[py] = nvidia_pins(text, py, expand, machine)
+            pin = triton_pin(text, py, machine)
             if pin:
                 tritons.add(pin)
         if not any(per_python.values()):
-            logger.info("torch %s on %s pins no NVIDIA package: not a CUDA build", rel.version,
-                        rel.index)
+            logger.info("torch %s on %s pins no NVIDIA package: not a CUDA build", label, rel.index)
             return None
-        nvidia = crosschecks.nvidia_pins_agree(rel.version, rel.index, per_python)
-        runtime = crosschecks.runtime_pin(rel.version, nvidia)
+        nvidia = crosschecks.nvidia_pins_agree(label, rel.index, per_python)
+        runtime = crosschecks.runtime_pin(label, nvidia)
         cuda = cuda_from_runtime(runtime)
-        triton = crosschecks.single_triton_pin(rel.version, tritons)
+        triton = crosschecks.single_triton_pin(label, tritons)
         return ReleasePins(pythons, nvidia, runtime, cuda, triton)
 
     def build(self, rel: TorchRelease) -> dict[str, Any] | None:
@@ -226,10 +242,28 @@ class Refresher:
             return None
         archs, archs_source, version_py_cuda = self.read_wheel_members(rel.wheels[pins.pythons[-1]])
         crosschecks.cuda_agrees(rel.version, pins.cuda, version_py_cuda)
-        return self.entry(rel, pins, archs, archs_source)
+        return self.entry(rel, pins, archs, archs_source, self.arm64(rel, pins.cuda))
+
+    def arm64(self, rel: TorchRelease, cuda: str) -> dict[str, Any] | None:
+        """The entry's ``arm64`` value: what the release's Linux aarch64 wheels give, read as the
+        x86_64 ones are; None where they pin no NVIDIA package or there are none."""
+        pins = self.read_pins(rel, AARCH64)
+        if pins is None:
+            return None
+        archs, archs_source, version_py_cuda = self.read_wheel_members(rel.aarch64_wheels[pins.pythons[-1]])
+        crosschecks.machine_cuda_agrees(rel.version, AARCH64, cuda, pins.cuda, version_py_cuda)
+        return {
+            "archs": archs,
+            "archs_source": archs_source,
+            "cuda_runtime": pins.runtime,
+            "nvidia_packages": dict(sorted(pins.nvidia.items())),
+            "pythons": pins.pythons,
+            "triton": pins.triton,
+        }
 
     def entry(
-        self, rel: TorchRelease, pins: ReleasePins, archs: list[str] | None, archs_source: str
+        self, rel: TorchRelease, pins: ReleasePins, archs: list[str] | None, archs_source: str,
+        arm64: dict[str, Any] | None,
     ) -> dict[str, Any]:
         """The entry as the file holds it, with exactly ``pytorch_cuda.matrix.ENTRY_KEYS``."""
         torch_version = public_version(rel.version)
@@ -255,6 +289,7 @@ class Refresher:
             "toolkit_driver": self.drivers.toolkit_driver(pins.cuda),
             "driver_floor": self.drivers.floor(pins.cuda),
             "devel": self.devel(rel, pins),
+            "arm64": arm64,
         }
         crosschecks.entry_keys_exact(entry)
         return entry

@@ -1,9 +1,10 @@
 """Read pins out of wheel metadata: pure functions, no network.
 
-What a torch wheel promises is in its ``Requires-Dist`` lines, evaluated for Linux x86_64 and
-the wheel's own Python; the GPU architectures and the CUDA version are strings inside two of its
-members. Index access and the order of reading live in ``entries``; this module only parses, so
-every rule here is tested on literal text.
+What a torch wheel promises is in its ``Requires-Dist`` lines, evaluated for Linux on one machine
+(x86_64, the default, or aarch64 for the ``arm64`` entry key) and the wheel's own Python; the GPU
+architectures and the CUDA version are strings inside two of its members. Index access and the
+order of reading live in ``entries``; this module only parses, so every rule here is tested on
+literal text.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ VERSION_MEMBER = "torch/version.py"
 #: is not anchored: the linker may place it right after a string_view literal with no NUL.
 _ARCH_LIST_RE = re.compile(rb"((?:sm|compute)_\d+[a-z]?(?: (?:sm|compute)_\d+[a-z]?)+)\x00")
 
-#: Marker environment of a Linux x86_64 CPython; python_version is filled per wheel.
+#: The machines a wheel is read for: ``platform_machine`` in markers, the suffix of wheel platform tags.
+X86_64 = "x86_64"
+AARCH64 = "aarch64"
+
+#: Marker environment of a Linux x86_64 CPython; python_version (and another machine) is filled per wheel.
 LINUX_X86_64_ENV = {
     "os_name": "posix",
     "sys_platform": "linux",
     "platform_system": "Linux",
-    "platform_machine": "x86_64",
+    "platform_machine": X86_64,
     "platform_python_implementation": "CPython",
     "implementation_name": "cpython",
 }
@@ -51,16 +56,17 @@ TRITON_PACKAGES = ("triton", "pytorch-triton")
 # ---------------------------------------------------------------- requirements
 
 
-def marker_env(python: str) -> dict[str, str]:
-    """Marker environment for a Linux x86_64 CPython ``python`` ("3.12")."""
-    return {**LINUX_X86_64_ENV, "python_version": python, "python_full_version": f"{python}.0"}
+def marker_env(python: str, machine: str = X86_64) -> dict[str, str]:
+    """Marker environment for a Linux CPython ``python`` ("3.12") on ``machine`` (x86_64, aarch64)."""
+    return {**LINUX_X86_64_ENV, "platform_machine": machine, "python_version": python,
+            "python_full_version": f"{python}.0"}
 
 
 def applicable_requirements(
-    metadata_text: str, python: str, extras: Iterable[str] = ()
+    metadata_text: str, python: str, extras: Iterable[str] = (), machine: str = X86_64
 ) -> list[Requirement]:
-    """The ``Requires-Dist`` entries that apply on Linux x86_64 with ``python`` and ``extras``."""
-    env = marker_env(python)
+    """The ``Requires-Dist`` entries that apply on Linux ``machine`` with ``python`` and ``extras``."""
+    env = marker_env(python, machine)
     wanted = sorted(set(extras)) or [""]
     out = []
     for line in requires_dist(metadata_text):
@@ -90,14 +96,15 @@ def nvidia_pins(
     metadata_text: str,
     python: str,
     expand: Callable[[str, str, frozenset[str]], str] | None = None,
+    machine: str = X86_64,
 ) -> dict[str, str]:
-    """Exact pins of NVIDIA packages that apply on Linux x86_64.
+    """Exact pins of NVIDIA packages that apply on Linux ``machine``.
 
     ``expand(name, version, extras)`` returns the metadata of a pinned meta-package (CUDA 13's
-    ``cuda-toolkit``); its own NVIDIA pins for those extras are added.
+    ``cuda-toolkit``); its own NVIDIA pins for those extras, on the same machine, are added.
     """
     pins: dict[str, str] = {}
-    for req in applicable_requirements(metadata_text, python):
+    for req in applicable_requirements(metadata_text, python, machine=machine):
         name = canonicalize_name(req.name)
         version = exact_pin(req)
         if version is None or not is_nvidia_package(name):
@@ -105,7 +112,7 @@ def nvidia_pins(
         pins[name] = version
         if name in EXPANDED_META_PACKAGES and req.extras and expand is not None:
             sub = expand(name, version, frozenset(req.extras))
-            for sub_req in applicable_requirements(sub, python, req.extras):
+            for sub_req in applicable_requirements(sub, python, req.extras, machine):
                 sub_version = exact_pin(sub_req)
                 sub_name = canonicalize_name(sub_req.name)
                 if sub_version is not None and is_nvidia_package(sub_name):
@@ -113,8 +120,8 @@ def nvidia_pins(
     return pins
 
 
-def triton_pin(metadata_text: str, python: str) -> str | None:
-    for req in applicable_requirements(metadata_text, python):
+def triton_pin(metadata_text: str, python: str, machine: str = X86_64) -> str | None:
+    for req in applicable_requirements(metadata_text, python, machine=machine):
         if canonicalize_name(req.name) in TRITON_PACKAGES:
             return exact_pin(req)
     return None
@@ -146,10 +153,15 @@ def python_of_tag(tag: str) -> str | None:
     return f"{m.group(1)}.{m.group(2)}" if m else None
 
 
-def is_linux_x86_64(platform: str) -> bool:
-    return platform == "linux_x86_64" or (
-        platform.startswith("manylinux") and platform.endswith("_x86_64")
+def is_linux(platform: str, machine: str) -> bool:
+    """Whether a wheel platform tag (``manylinux_2_28_aarch64``, ``linux_x86_64``) is Linux on ``machine``."""
+    return platform == f"linux_{machine}" or (
+        platform.startswith("manylinux") and platform.endswith(f"_{machine}")
     )
+
+
+def is_linux_x86_64(platform: str) -> bool:
+    return is_linux(platform, X86_64)
 
 
 def public_version(version: str) -> str:
@@ -160,8 +172,10 @@ def is_final(version: str) -> bool:
     return re.fullmatch(r"\d+(?:\.\d+)*", public_version(version)) is not None
 
 
-def select_wheels(files: Iterable[IndexFile], project: str) -> dict[str, dict[str, IndexFile]]:
-    """Group a project's Linux x86_64 CPython wheels: version -> python -> wheel.
+def select_wheels(
+    files: Iterable[IndexFile], project: str, machine: str = X86_64
+) -> dict[str, dict[str, IndexFile]]:
+    """Group a project's Linux CPython wheels for ``machine``: version -> python -> wheel.
 
     Free-threaded (``cp313t``) and ``abi3`` wheels are left out, yanked files too. Where one
     version has several builds for a python (``torch-2.10.0-3-cp312-...``), the highest build
@@ -175,7 +189,7 @@ def select_wheels(files: Iterable[IndexFile], project: str) -> dict[str, dict[st
         w = parse_wheel_filename(f.filename)
         if w is None or canonicalize_name(w.name) != project:
             continue
-        if not any(is_linux_x86_64(p) for p in w.platforms):
+        if not any(is_linux(p, machine) for p in w.platforms):
             continue
         for py_tag in w.pythons:
             python = python_of_tag(py_tag)
