@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -98,11 +99,15 @@ def test_build_py_verify_shows_results_in_summary(built):
     assert "passed" in summary_row
 
 
-def test_preflight_on_this_host_says_why_not(built):
+def test_preflight_on_this_host_says_why_not(built, docker_client):
     result = build_py("--preflight", built["runtime"].tag)
     assert result.returncode == 1
     assert "no NVIDIA driver on this host" in result.stdout
     assert "cannot use this host's GPUs" in result.stdout
+    # The platform finding, from the image's config as the engine records it: amd64 on this x86_64 host.
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    if machine == "x86_64" and docker_client.images.get(built["runtime"].tag).attrs["Architecture"] == "amd64":
+        assert "ok     the image is linux/amd64, like this host (x86_64)" in result.stdout, result.stdout
 
 
 def test_preflight_of_a_missing_image_is_one_line():
