@@ -38,8 +38,8 @@ _ARCH_LIST_RE = re.compile(rb"((?:sm|compute)_\d+[a-z]?(?: (?:sm|compute)_\d+[a-
 X86_64 = "x86_64"
 AARCH64 = "aarch64"
 
-#: Marker environment of a Linux x86_64 CPython; python_version (and another machine) is filled per wheel.
-LINUX_X86_64_ENV = {
+#: Marker environment of a Linux CPython on x86_64; python_version and the machine are filled per wheel.
+LINUX_CPYTHON_ENV = {
     "os_name": "posix",
     "sys_platform": "linux",
     "platform_system": "Linux",
@@ -58,7 +58,7 @@ TRITON_PACKAGES = ("triton", "pytorch-triton")
 
 def marker_env(python: str, machine: str = X86_64) -> dict[str, str]:
     """Marker environment for a Linux CPython ``python`` ("3.12") on ``machine`` (x86_64, aarch64)."""
-    return {**LINUX_X86_64_ENV, "platform_machine": machine, "python_version": python,
+    return {**LINUX_CPYTHON_ENV, "platform_machine": machine, "python_version": python,
             "python_full_version": f"{python}.0"}
 
 
