@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
+from benchmarks.figures import print_figures  # noqa: E402
 from pytorch_cuda import matrix, plan  # noqa: E402
 
 BENCH_REGISTRY = "bench.invalid/pytorch-cuda-bench"
@@ -149,10 +150,8 @@ def main() -> None:
     if args.devel_cuda:
         figures.extend(devel_figures(client, m, args.devel_cuda))
 
-    width = max(len(name) for name, _ in figures)
-    print(f"pytorch-cuda build benchmark: torch {build.torch}, CUDA {build.cuda}, {os.cpu_count()} CPUs")
-    for name, value in figures:
-        print(f"  {name.ljust(width)}  {value}")
+    print_figures(f"pytorch-cuda build benchmark: torch {build.torch}, CUDA {build.cuda}, {os.cpu_count()} CPUs",
+                  figures)
 
 
 if __name__ == "__main__":
