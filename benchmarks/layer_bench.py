@@ -37,14 +37,15 @@ import docker  # noqa: E402
 
 from benchmarks.figures import print_figures  # noqa: E402
 from pytorch_cuda import matrix, plan  # noqa: E402
-from tests.dockerutil import local_registry, registry_bytes  # noqa: E402
+from tests.dockerutil import build_py, local_registry, registry_bytes  # noqa: E402
 
 NODE_BRIDGE = "bench-node0"
 MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
-def build_py(*args: str) -> None:
-    done = subprocess.run([sys.executable, str(REPO / "build.py"), *args], cwd=REPO, capture_output=True, text=True)
+def build(*args: str) -> None:
+    """build.py as the tests run it; a failure ends the benchmark with its output."""
+    done = build_py(*args)
     if done.returncode != 0:
         raise SystemExit(f"build.py {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
 
@@ -164,7 +165,7 @@ def main() -> None:
     for stem in (args.first, args.second):
         torch, cuda = stem.split("-cuda")
         spec = plan.image_specs(m, [m.resolve(cuda=cuda, torch=torch)], variants=("runtime",))[0]
-        build_py("--torch", torch, "--cuda", cuda, "--variant", "runtime", "--no-alias")  # warm: not timed
+        build("--torch", torch, "--cuda", cuda, "--variant", "runtime", "--no-alias")  # warm: not timed
         specs.append(spec)
     shared = [layer.packages for layer in specs[0].layer_plan] == [layer.packages for layer in specs[1].layer_plan]
     copies = [one_layer_copy(client, spec) for spec in specs]

@@ -12,7 +12,7 @@ import re
 import tarfile
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import docker
 import docker.errors
@@ -128,18 +128,18 @@ class DockerEngine:
     def image_size(self, reference: str) -> int:
         return int(self.client.api.inspect_image(reference)["Size"])
 
-    def labels(self, reference: str) -> dict[str, str]:
+    def _inspect(self, reference: str) -> dict[str, Any]:
         try:
-            return dict(self.client.api.inspect_image(reference)["Config"].get("Labels") or {})
+            return dict(self.client.api.inspect_image(reference))
         except docker.errors.ImageNotFound:
             raise PytorchCudaError(f"image {reference} is not here: build it (build.py) or pull it first") from None
 
+    def labels(self, reference: str) -> dict[str, str]:
+        return dict(self._inspect(reference)["Config"].get("Labels") or {})
+
     def architecture(self, reference: str) -> str:
         """The CPU architecture the image's config names ("amd64", "arm64")."""
-        try:
-            return str(self.client.api.inspect_image(reference).get("Architecture") or "")
-        except docker.errors.ImageNotFound:
-            raise PytorchCudaError(f"image {reference} is not here: build it (build.py) or pull it first") from None
+        return str(self._inspect(reference).get("Architecture") or "")
 
     def exists(self, reference: str) -> bool:
         try:
@@ -189,7 +189,6 @@ class DockerEngine:
             return code, box.logs().decode(errors="replace")
         finally:
             box.remove(force=True)
-
 
     def read_file(self, reference: str, path: str) -> bytes | None:
         """A file of an image, read from a created (never started) container; None when it has none."""
