@@ -120,41 +120,36 @@ def wait_healthy(box, timeout: float = 60) -> None:
 
 
 @contextlib.contextmanager
-def removing_new_dangling_images(client: docker.DockerClient) -> Iterator[None]:
+def _removing_images_made(client: docker.DockerClient, untagged_only: bool) -> Iterator[None]:
+    """Remove the images a block makes (only the untagged ones, or all), never those there before."""
+    import docker.errors
+
+    before = {image.id for image in client.images.list(all=True)}
+    try:
+        yield
+    finally:
+        for image in client.images.list(filters={"dangling": True} if untagged_only else None):
+            if image.id not in before:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(image.id, force=not untagged_only)
+
+
+def removing_new_dangling_images(client: docker.DockerClient) -> contextlib.AbstractContextManager[None]:
     """Remove the untagged images a block leaves behind, and only those.
 
     A throwaway build (--no-cache, a failing step) leaves its builder stage as an untagged image
     of several GB; the images that were there before, the layer cache of real builds, stay.
     """
-    import docker.errors
-
-    before = {image.id for image in client.images.list(all=True)}
-    try:
-        yield
-    finally:
-        for image in client.images.list(filters={"dangling": True}):
-            if image.id not in before:
-                with contextlib.suppress(docker.errors.APIError):
-                    client.images.remove(image.id)
+    return _removing_images_made(client, untagged_only=True)
 
 
-@contextlib.contextmanager
-def removing_new_images(client: docker.DockerClient) -> Iterator[None]:
+def removing_new_images(client: docker.DockerClient) -> contextlib.AbstractContextManager[None]:
     """Remove every image a block builds, tagged or not, and only those.
 
     For test images of another CUDA line (6 GB each, with their builder stage as much again): kept,
     they would add up past the disk of a CI machine. Images that were there before stay.
     """
-    import docker.errors
-
-    before = {image.id for image in client.images.list(all=True)}
-    try:
-        yield
-    finally:
-        for image in client.images.list():
-            if image.id not in before:
-                with contextlib.suppress(docker.errors.APIError):
-                    client.images.remove(image.id, force=True)
+    return _removing_images_made(client, untagged_only=False)
 
 
 REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"
