@@ -9,6 +9,7 @@ import docker.errors
 import pytest
 
 from pytorch_cuda import ca, lockfile
+from verify.packages import canonical
 
 from .dockerutil import TrackedContainers, build_py, removing_new_dangling_images
 
@@ -158,18 +159,14 @@ def _lock_pins(lock_text: str) -> dict[str, str]:
     for line in lock_text.splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", line)
         if match:
-            pins[_normal(match.group(1))] = match.group(2)
+            pins[canonical(match.group(1))] = match.group(2)
     return pins
-
-
-def _normal(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _freeze(containers: TrackedContainers, tag: str) -> dict[str, str]:
     code, out = containers.run(tag, ["python", "-m", "pip", "freeze", "--all", "--disable-pip-version-check"], entrypoint="")
     assert code == 0, out
-    return {_normal(name): version for name, version in (line.split("==", 1) for line in out.split() if "==" in line)}
+    return {canonical(name): version for name, version in (line.split("==", 1) for line in out.split() if "==" in line)}
 
 
 def test_the_image_holds_exactly_its_lock(built, docker_client, containers):

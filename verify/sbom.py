@@ -20,14 +20,12 @@ import sys
 import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from verify.packages import canonical
+
 DEFAULT_PATH = "/etc/pytorch-cuda/sbom.cdx.json"
 DPKG_STATUS = "/var/lib/dpkg/status"
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
-
-
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def debian_packages(status_text: str) -> List[Dict[str, str]]:
