@@ -147,6 +147,29 @@ def test_loader_failure_explained(error, hinted):
     assert str(error).splitlines()[0][:30] in message
 
 
+
+def _surfaced_from_torch_op_lookup() -> AttributeError:
+    """The error DataLoader gave in CI (torch 2.4.1, /dev/shm 1 MiB): its SIGCHLD handler raised the
+    worker's death inside torch._ops' overload lookup, which re-raises any RuntimeError as an
+    AttributeError `from None`, so the real cause is left only in __context__."""
+    try:
+        try:
+            raise RuntimeError("DataLoader worker (pid(s) 41) exited unexpectedly")
+        except RuntimeError:
+            raise AttributeError("The underlying op of 'profiler._record_function_exit' has no overload name "
+                                 "'_RecordFunction'") from None
+    except AttributeError as error:
+        return error
+
+
+def test_loader_failure_hidden_behind_a_torch_lookup_error_still_gets_the_fix():
+    from verify.checks import shm
+
+    message = shm.explain_loader_failure(_surfaced_from_torch_op_lookup())
+    assert "--shm-size=8g" in message
+    assert "exited unexpectedly" in message
+
+
 # --- libraries --------------------------------------------------------------------------------
 
 MAPS = """\

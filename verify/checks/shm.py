@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -55,12 +55,31 @@ def assess_shm(size: Optional[int], minimum: int = SHM_MIN_BYTES) -> Tuple[Statu
     return Status.PASS, f"{SHM_PATH} is {_human(size)}"
 
 
+def _error_chain(error: BaseException) -> List[BaseException]:
+    """`error` and the errors it was raised from or while handling, outermost first."""
+    chain: List[BaseException] = []
+    current: Optional[BaseException] = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def explain_loader_failure(error: BaseException) -> str:
-    """What to tell the user when the DataLoader broke; shared-memory symptoms get the fix."""
+    """What to tell the user when the DataLoader broke; shared-memory symptoms get the fix.
+
+    The whole chain is read, not only the error that surfaced: DataLoader reports a dead worker
+    from its SIGCHLD handler, and when that signal lands inside torch's operator lookup (the
+    profiler hook around every batch), torch turns the RuntimeError into an unrelated
+    AttributeError `from None`, which hides the worker's death everywhere but __context__.
+    """
+    for link in _error_chain(error):
+        text = str(link).strip()
+        if any(symptom in text.lower() for symptom in _SHM_SYMPTOMS):
+            return (f"DataLoader with {WORKERS} workers failed, a worker died ({text.splitlines()[0]}): "
+                    f"likely out of shared memory; {FIX}")
     text = str(error).strip()
     first = text.splitlines()[0] if text else type(error).__name__
-    if any(symptom in text.lower() for symptom in _SHM_SYMPTOMS):
-        return f"DataLoader with {WORKERS} workers failed, a worker died ({first}): likely out of shared memory; {FIX}"
     return f"DataLoader with {WORKERS} workers failed: {type(error).__name__}: {first}"
 
 
