@@ -3,12 +3,20 @@
 A Debian base image is a minbase root filesystem; mmdebstrap (or debootstrap) makes the same from
 a Debian mirror, which offline clusters usually carry, and `docker import` names it as a user would
 pull it, so the rendered Dockerfiles need no change.
+
+Another architecture's base (arm64 on an x86_64 builder) comes from Debian's packages for that
+architecture, installed through QEMU user emulation, and goes in with `docker load` of an image
+archive whose config names the architecture: `docker import` records the daemon's own one.
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -76,7 +84,7 @@ def debian_sources(suite: str, mirror: str) -> str:
 
 
 def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_config: list[Path],
-                      sources: Path | None = None) -> list[str]:
+                      sources: Path | None = None, architecture: str | None = None) -> list[str]:
     """The command that writes a minbase root filesystem tarball for `suite` to `output`.
 
     mmdebstrap installs from the three suites at once, so the base starts with the security fixes
@@ -84,6 +92,8 @@ def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_con
     """
     if shutil.which("mmdebstrap"):
         command = ["mmdebstrap", "--variant=minbase", "--quiet"]
+        if architecture is not None:
+            command.append(f"--architectures={architecture}")
         if slim:
             command += [f"--dpkgopt={opt}" for opt in SLIM_EXCLUDES]
         command += [f"--customize-hook=copy-in {path} /etc/apt/apt.conf.d" for path in apt_config]
@@ -95,6 +105,9 @@ def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_con
                     suite, str(output), f"deb {mirror} {suite} main", f"deb {mirror} {suite}-updates main",
                     f"deb {security_mirror(mirror)} {suite}-security main"]
         return command
+    if architecture is not None:
+        raise BaseImageError(f"making a {architecture} base image needs mmdebstrap: apt-get install mmdebstrap "
+                             "qemu-user-static arch-test")
     if shutil.which("debootstrap"):
         # debootstrap writes a directory; the caller tars it.
         return ["debootstrap", "--variant=minbase", suite, str(output), mirror]
@@ -105,9 +118,13 @@ def bootstrap_command(suite: str, slim: bool, mirror: str, output: Path, apt_con
 
 
 def make_debian_image(
-    engine: Engine, image: str, mirror: str = DEFAULT_MIRROR, say: Callable[[str], None] = print
+    engine: Engine, image: str, mirror: str = DEFAULT_MIRROR, say: Callable[[str], None] = print,
+    architecture: str | None = None,
 ) -> None:
-    """Make `image` (debian:<suite>[-slim]) from Debian packages and import it under that name."""
+    """Make `image` (debian:<suite>[-slim]) from Debian packages and import it under that name.
+
+    `architecture` ("arm64"): Debian's packages for another architecture than the daemon's.
+    """
     suite = debian_suite(image)
     if suite is None:
         raise BaseImageError(
@@ -120,8 +137,9 @@ def make_debian_image(
         apt_config = write_apt_config(Path(tmp) / "apt.conf.d")
         sources = Path(tmp) / "debian.sources"
         sources.write_text(debian_sources(suite, mirror))
-        command = bootstrap_command(suite, slim, mirror, target, apt_config, sources)
-        say(f"making {image} from Debian packages ({command[0]} {suite}, {mirror})")
+        command = bootstrap_command(suite, slim, mirror, target, apt_config, sources, architecture)
+        say(f"making {image} from Debian packages ({command[0]} {suite}{' ' + architecture if architecture else ''}, "
+            f"{mirror})")
         if command[0] == "debootstrap":
             rootfs = Path(tmp) / "rootfs"
             command[-2] = str(rootfs)
@@ -133,9 +151,44 @@ def make_debian_image(
             _run(["tar", "-C", str(rootfs), "-cf", str(target), "."], image)
         else:
             _run(command, image)
-        engine.import_rootfs(str(target), image)
+        if architecture is None:
+            engine.import_rootfs(str(target), image)
+        else:
+            archive = Path(tmp) / "image.tar"
+            write_image_archive(target, archive, image, architecture)
+            engine.load_archive(str(archive))
     if not engine.exists(image):
         raise BaseImageError(f"imported {image} but the daemon does not list it")
+
+
+def image_config(layer_digest: str, architecture: str) -> dict[str, object]:
+    """The config of a one-layer image for linux/`architecture`, with Debian's CMD and no creation
+    time (the same root filesystem gives the same image ID)."""
+    return {
+        "architecture": architecture,
+        "os": "linux",
+        "config": {"Cmd": ["bash"],
+                   "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created_by": "pytorch-cuda: Debian packages (mmdebstrap), no registry"}],
+    }
+
+
+def write_image_archive(rootfs_tar: Path, archive: Path, reference: str, architecture: str) -> None:
+    """A `docker load` archive of `rootfs_tar` as the one layer of `reference` for `architecture`."""
+    digest = hashlib.sha256()
+    with open(rootfs_tar, "rb") as layer:
+        for block in iter(lambda: layer.read(1 << 20), b""):
+            digest.update(block)
+    config = json.dumps(image_config(f"sha256:{digest.hexdigest()}", architecture), sort_keys=True).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [reference], "Layers": ["layer.tar"]}]).encode()
+    with tarfile.open(archive, "w") as tar:
+        tar.add(rootfs_tar, arcname="layer.tar")
+        for name, data in ((config_name, config), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def _run(command: list[str], image: str) -> None:
@@ -151,17 +204,19 @@ def ensure_base_image(
     make: bool = False,
     mirror: str = DEFAULT_MIRROR,
     say: Callable[[str], None] = print,
+    architecture: str | None = None,
 ) -> str:
     """Have `image` locally; returns how: 'local', 'pulled' or 'made'.
 
     `make=True` builds it from Debian packages even when a copy exists (--bootstrap-base).
+    `architecture`: the image must be for it ("arm64"); a local copy for another one does not count.
     """
-    if not make and engine.exists(image):
+    if not make and engine.exists(image) and (architecture is None or engine.architecture(image) == architecture):
         return "local"
     if not make:
         reason = engine.pull(image)
-        if reason is None:
+        if reason is None and (architecture is None or engine.architecture(image) == architecture):
             return "pulled"
-        say(f"could not pull {image} ({reason}); making it locally instead")
-    make_debian_image(engine, image, mirror, say)
+        say(f"could not pull {image} ({reason or 'another architecture came back'}); making it locally instead")
+    make_debian_image(engine, image, mirror, say, architecture)
     return "made"

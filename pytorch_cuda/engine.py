@@ -8,7 +8,9 @@ and the tail of the log. Tests of the pipeline's rules use a fake Engine; real b
 from __future__ import annotations
 
 import io
+import os
 import re
+import subprocess
 import tarfile
 from collections import deque
 from dataclasses import dataclass
@@ -41,17 +43,24 @@ class Engine(Protocol):
               events: BuildEvents | None = None) -> str: ...
     def tag(self, image_id: str, references: Iterable[str]) -> None: ...
     def push(self, references: Iterable[str]) -> None: ...
+    def push_index(self, reference: str, members: Iterable[str]) -> None: ...
     def image_size(self, reference: str) -> int: ...
     def labels(self, reference: str) -> dict[str, str]: ...
     def exists(self, reference: str) -> bool: ...
     def pull(self, reference: str) -> str | None: ...
     def import_rootfs(self, tarball: str, reference: str) -> None: ...
+    def load_archive(self, archive: str) -> None: ...
+    def architecture(self, reference: str) -> str: ...
     def runtimes(self) -> tuple[str, ...]: ...
     def cdi_spec_dirs(self) -> tuple[str, ...]: ...
     def run_verify(self, reference: str, timeout: int = 600) -> tuple[int, str]: ...
     def read_file(self, reference: str, path: str) -> bytes | None: ...
     def run_script(self, reference: str, script: str, timeout: int = 600) -> tuple[int, str]: ...
     def relabel(self, image_id: str, labels: dict[str, str]) -> str: ...
+
+
+# Registries the engine reaches over plain HTTP without configuration.
+_LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 
 
 def _one_line(text: str) -> str:
@@ -125,6 +134,25 @@ class DockerEngine:
             except (docker.errors.APIError, requests.exceptions.RequestException) as err:
                 raise PushFailed(f"push of {reference} failed: {_one_line(str(err))}") from None
 
+    def push_index(self, reference: str, members: Iterable[str]) -> None:
+        """Publish `reference` in its registry as an index (manifest list) of the pushed `members`.
+
+        The Docker SDK has no manifest lists; the docker CLI does (`docker manifest`, experimental
+        until Docker 20.10, hence the variable) and uses the same credentials as `docker push`.
+        A loopback registry is spoken to over plain HTTP, as the engine does; no other is.
+        """
+        insecure = ["--insecure"] if refs.registry_host(reference) in _LOOPBACK else []
+        environment = {**os.environ, "DOCKER_CLI_EXPERIMENTAL": "enabled"}
+        for command in (["docker", "manifest", "create", "--amend", *insecure, reference, *members],
+                        ["docker", "manifest", "push", "--purge", *insecure, reference]):
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+            except (OSError, subprocess.SubprocessError) as err:
+                raise PushFailed(f"index {reference}: {command[0]} {command[1]} failed: {err}") from None
+            if done.returncode != 0:
+                said = _one_line(done.stderr or done.stdout)[:200]
+                raise PushFailed(f"index {reference}: `docker manifest {command[2]}` failed: {said}")
+
     def image_size(self, reference: str) -> int:
         return int(self.client.api.inspect_image(reference)["Size"])
 
@@ -164,6 +192,14 @@ class DockerEngine:
             self.client.api.import_image_from_file(tarball, repository=repository, tag=tag, changes=['CMD ["bash"]'])
         except (docker.errors.APIError, requests.exceptions.RequestException) as err:
             raise BaseImageError(f"docker import of {reference} failed: {_one_line(str(err))[:200]}") from None
+
+    def load_archive(self, archive: str) -> None:
+        """`docker load` an image archive (it names its own tags)."""
+        try:
+            with open(archive, "rb") as data:
+                self.client.api.load_image(data)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as err:
+            raise BaseImageError(f"docker load of {archive} failed: {_one_line(str(err))[:200]}") from None
 
     def runtimes(self) -> tuple[str, ...]:
         return tuple(sorted(self.client.info().get("Runtimes", {})))
