@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("--variant", action="append", choices=plan.VARIANTS,
                       help="repeatable; default: runtime, jupyter, ssh (--render, --ci-matrix: all four)")
     pick.add_argument("--all", action="store_true", help="every tag of the matrix")
+    pick.add_argument("--platform", default=matrix.AMD64,
+                      help="linux/amd64 (default), linux/arm64, or both comma-separated; arm64 tags end in -arm64 "
+                           "(built through QEMU on an x86_64 machine)")
     where = p.add_argument_group("where from, where to")
     where.add_argument("--base", help="base image (default from images/bases.json, e.g. debian:bookworm-slim)")
     where.add_argument("--bootstrap-base", action="store_true", help="make the base image from Debian packages now")
@@ -65,6 +68,16 @@ def parser() -> argparse.ArgumentParser:
     k8s.add_argument("--nodes", type=int, metavar="N", help="--k8s-job: pods (nodes), one torchrun each")
     k8s.add_argument("--gpus-per-node", type=int, default=1, metavar="G", help="--k8s-job: GPUs (and ranks) per pod")
     return p
+
+
+def parse_platforms(value: str) -> tuple[str, ...]:
+    """'linux/amd64,linux/arm64' -> both, in the matrix's order; an unknown one is a usage error."""
+    asked = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [part for part in asked if part not in matrix.PLATFORMS]
+    if unknown or not asked:
+        raise UsageError(f"unknown platform {unknown[0] if unknown else repr(value)}: images are built for "
+                         f"{', '.join(matrix.PLATFORMS)}")
+    return tuple(p for p in matrix.PLATFORMS if p in asked)
 
 
 def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> int:
@@ -112,10 +125,18 @@ def run(argv: list[str] | None = None) -> int:
     if args.list:
         print(tables.matrix_table(m))
         return EXIT_OK
+    platforms = parse_platforms(args.platform)
+    if args.render and platforms != (matrix.AMD64,):
+        raise UsageError("--render writes the committed files, which are linux/amd64's: drop --platform")
     builds = m.select(cuda=args.cuda, torch=args.torch, python=args.python, every_tag=args.all)
-    every = plan.VARIANTS if args.render or args.ci_matrix else plan.DEFAULT_VARIANTS
-    specs = plan.image_specs(m, builds, variants=tuple(args.variant or every), python=args.python,
-                             base_image=args.base, registry=args.registry)
+    if platforms != (matrix.AMD64,) and args.all:  # every tag that has wheels for all the platforms asked
+        builds = [b for b in builds if all(p in b.platforms for p in platforms)]
+    every: tuple[str, ...] = plan.VARIANTS if args.render or args.ci_matrix else plan.DEFAULT_VARIANTS
+    if platforms != (matrix.AMD64,):  # arm64 has the runtime so far: a multi-platform tag needs both
+        every = plan.OTHER_PLATFORM_VARIANTS
+    specs = [spec for platform in platforms
+             for spec in plan.image_specs(m, builds, variants=tuple(args.variant or every), python=args.python,
+                                          base_image=args.base, registry=args.registry, platform=platform)]
     if args.ci_matrix:
         print(json.dumps(plan.ci_matrix(specs), separators=(",", ":")))
     elif args.render:

@@ -15,7 +15,7 @@ those wheels give, read from their metadata the same way: `archs`, `archs_source
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -123,6 +123,16 @@ class MatrixEntry:
     def short(self) -> str:
         return f"torch {self.torch} / CUDA {self.cuda} ({self.index})"
 
+    def on(self, platform: str) -> MatrixEntry:
+        """This release as its wheels for `platform` state it: that platform's pins, Pythons and archs."""
+        if platform == AMD64:
+            return self
+        if platform == ARM64 and self.arm64 is not None:
+            wheels = self.arm64
+            return replace(self, pythons=wheels.pythons, cuda_runtime=wheels.cuda_runtime, triton=wheels.triton,
+                           nvidia_packages=wheels.nvidia_packages, archs=wheels.archs)
+        raise UsageError(f"{self.short()} has no CUDA wheels for {platform}")
+
 
 @dataclass(frozen=True)
 class Matrix:
@@ -137,6 +147,18 @@ class Matrix:
 
     def torch_versions(self) -> list[str]:
         return sorted({b.torch for b in self.builds}, key=versions.parse_version)
+
+    def lines_on(self, platform: str) -> str:
+        """'CUDA 13.0 (torch 2.11.0 to 2.14.1), CUDA 13.2 (torch 2.15.0)': what `platform` has, for messages."""
+        by_cuda: dict[str, list[str]] = {}
+        for build in self.builds_on(platform):
+            by_cuda.setdefault(build.cuda, []).append(build.torch)
+        parts = []
+        for cuda in sorted(by_cuda, key=versions.parse_version):
+            torches = sorted(by_cuda[cuda], key=versions.parse_version)
+            span = torches[0] if len(torches) == 1 else f"{torches[0]} to {torches[-1]}"
+            parts.append(f"CUDA {cuda} (torch {span})")
+        return ", ".join(parts) or "none"
 
     def builds_on(self, platform: str) -> list[MatrixEntry]:
         """The builds with CUDA wheels for a Docker `platform` ("linux/arm64"), in the file's order."""

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from . import lockfile, refs
+from .errors import UsageError
 from .layers import Layer, component_layers
-from .matrix import IMAGES_DIR, Matrix, MatrixEntry
+from .matrix import AMD64, ARM64, IMAGES_DIR, Matrix, MatrixEntry
 
 VARIANTS = ("runtime", "jupyter", "ssh", "devel")  # every variant: rendered, locked, in the CI matrix
 # What `build.py --cuda X` builds without --variant: devel is built when asked for (CUDA 12 lines
@@ -23,6 +24,27 @@ IMAGE_UID = 1000
 # The image's group is root (gid 0), as OpenShift expects of images: a container started under any
 # uid gets group 0, and the venv and /workspace are group-writable, so `pip install` works for it too.
 IMAGE_GID = 0
+# The variants an image for another architecture than amd64 can be built as so far: their RUN steps
+# run under QEMU when the build machine is x86_64, and only the runtime's are tested that way.
+OTHER_PLATFORM_VARIANTS = ("runtime",)
+
+
+def architecture_of(platform: str) -> str:
+    """'linux/arm64' -> 'arm64' (Docker's and Debian's name for it)."""
+    return platform.split("/", 1)[1]
+
+
+def base_for(platform: str, image: str) -> str:
+    """The base image of `platform` under the name a user pulls for that architecture alone.
+
+    An engine without a multi-platform image store keeps one image per name, so an arm64 base
+    cannot share amd64's name there; Docker Hub's per-architecture repositories (arm64v8/debian)
+    are the names users know for it. A base under a registry prefix is taken as given.
+    """
+    if platform == AMD64 or "/" in image:
+        return image
+    prefix = {"arm64": "arm64v8"}[architecture_of(platform)]
+    return f"{prefix}/{image}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,13 @@ class ImageSpec:
     runtime_pins: tuple[tuple[str, str], ...] = ()  # (name, version) of every package the runtime lock pins
     lock_pins: tuple[tuple[str, str], ...] = ()  # the same of this image's own lock
     layer_plan: tuple[Layer, ...] = ()  # the runtime's component layers, bottom first (runtime only)
+    platform: str = AMD64  # the Docker platform of the image
+    builder_image: str = ""  # the builder stage's base: the build machine's own architecture
+
+    @property
+    def platform_suffix(self) -> str:
+        """'' for linux/amd64 (the tags users have always pulled), '-arm64' for an arm64 image."""
+        return "" if self.platform == AMD64 else f"-{architecture_of(self.platform)}"
 
     @property
     def stem(self) -> str:
@@ -50,7 +79,7 @@ class ImageSpec:
 
     @property
     def tag(self) -> str:
-        return f"{self.repository}:{self.stem}-{self.variant}"
+        return f"{self.repository}:{self.stem}-{self.variant}{self.platform_suffix}"
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -58,12 +87,12 @@ class ImageSpec:
         if not self.gets_short_alias:
             return ()
         short_stem = self.stem.replace(self.build.torch, f"v{self.build.torch_minor}", 1)
-        return (f"{self.repository}:{short_stem}-{self.variant}",)
+        return (f"{self.repository}:{short_stem}-{self.variant}{self.platform_suffix}",)
 
     @property
     def runtime_tag(self) -> str:
         """The runtime image the jupyter and ssh variants build FROM."""
-        return f"{self.repository}:{self.stem}-runtime"
+        return f"{self.repository}:{self.stem}-runtime{self.platform_suffix}"
 
     @property
     def default_runtime_tag(self) -> str:
@@ -105,23 +134,39 @@ def image_specs(
     python: str | None = None,
     base_image: str | None = None,
     registry: str | None = None,
+    platform: str = AMD64,
 ) -> list[ImageSpec]:
-    """Expand builds x variants into ImageSpecs, runtime first so variants can build FROM it."""
+    """Expand builds x variants into ImageSpecs, runtime first so variants can build FROM it.
+
+    `platform` other than linux/amd64: every build must have CUDA wheels for it, else UsageError
+    naming the lines that do.
+    """
     repository = f"{registry.rstrip('/')}/{REPOSITORY}" if registry else REPOSITORY
     ordered = [v for v in VARIANTS if v in variants]
+    if platform != AMD64:
+        missing = [b for b in builds if platform not in b.platforms]
+        if missing:
+            raise UsageError(f"{missing[0].short()} has no CUDA wheels for {platform}; lines that have them: "
+                             f"{matrix.lines_on(platform)}")
+        unsupported = [v for v in ordered if v not in OTHER_PLATFORM_VARIANTS]
+        if unsupported:
+            raise UsageError(f"--platform {platform} builds the {', '.join(OTHER_PLATFORM_VARIANTS)} variant so "
+                             f"far, not {', '.join(unsupported)}: add --variant runtime")
     specs = []
     for build in builds:
         py = matrix.python_for(build, python)
         base = matrix.bases[py]
         for variant in ordered:
             spec = ImageSpec(
-                build=build,
+                build=build.on(platform),
                 variant=variant,
                 python=py,
-                base_image=base_image or base.image,
+                base_image=base_for(platform, base_image or base.image),
                 repository=repository,
                 gets_short_alias=matrix.is_newest_of_minor(build),
                 python_is_default=py == matrix.default_python,
+                platform=platform,
+                builder_image=base_image or base.image,
             )
             runtime_lock = spec.directory / "runtime.lock"
             runtime_pins = lockfile.pins(runtime_lock)
@@ -134,11 +179,21 @@ def image_specs(
     return specs
 
 
+def platform_of_tag(ref: str) -> str:
+    """The platform a tag of ours names: linux/arm64 for '...-arm64', else linux/amd64."""
+    suffix = f"-{architecture_of(ARM64)}"
+    return ARM64 if refs.tag_of(ref).endswith(suffix) else AMD64
+
+
 def committed_manifest(ref: str) -> Path | None:
-    """The committed manifest of an image reference of ours ('[registry/]pytorch-cuda:<stem>-<variant>')."""
+    """The committed manifest of an image reference of ours ('[registry/]pytorch-cuda:<stem>-<variant>[-arm64]').
+
+    It is linux/amd64's; an arm64 image promises the same but its own archs (Matrix.on)."""
     if refs.repository_name(ref) != REPOSITORY:
         return None
     tag = refs.tag_of(ref)
+    if platform_of_tag(ref) != AMD64:
+        tag = tag[: -len(architecture_of(platform_of_tag(ref))) - 1]
     for variant in VARIANTS:
         if tag.endswith(f"-{variant}"):
             path = IMAGES_DIR / tag[: -len(variant) - 1] / "manifest.json"
@@ -151,9 +206,10 @@ def ci_matrix(specs: list[ImageSpec]) -> dict[str, Any]:
     return {"include": [
         {
             "tag": refs.tag_of(spec.tag), "stem": spec.stem, "variant": spec.variant,
-            "torch": spec.build.torch, "cuda": spec.build.cuda, "python": spec.python,
+            "torch": spec.build.torch, "cuda": spec.build.cuda, "python": spec.python, "platform": spec.platform,
             "alias": refs.tag_of(spec.aliases[0]) if spec.aliases else "",
-            "build_args": f"--torch {spec.build.torch} --cuda {spec.build.cuda} --python {spec.python}",
+            "build_args": f"--torch {spec.build.torch} --cuda {spec.build.cuda} --python {spec.python}"
+                          + (f" --platform {spec.platform}" if spec.platform_suffix else ""),
         }
         for spec in specs
     ]}

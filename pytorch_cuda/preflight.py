@@ -7,6 +7,7 @@ Needs no torch. `evaluate` is pure so each verdict is unit-tested with plain dat
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -19,12 +20,11 @@ from verify import compat, nvsmi
 from verify import manifest as contract
 from verify.manifest import Manifest
 
-from . import plan, render
+from . import matrix, plan, render
 from .errors import DockerUnavailable, PytorchCudaError
 
 HOOK = "nvidia-container-runtime-hook"
 CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
-BUILT_ARCHITECTURE = "amd64"
 
 
 @dataclass(frozen=True)
@@ -141,8 +141,8 @@ def judge(ref: str) -> tuple[str, list[Finding]]:
     runtimes: tuple[str, ...] = ()
     cdi_dirs: tuple[str, ...] = CDI_DIRS
     docker_problem, labels = "", None
-    # build.py builds linux/amd64 images only, so a tag judged from its committed manifest is amd64.
-    architecture = BUILT_ARCHITECTURE
+    # A tag judged from the matrix is for the platform its name says (-arm64, else amd64).
+    architecture = plan.architecture_of(plan.platform_of_tag(ref))
     try:
         engine = connect(timeout=30)
         runtimes = engine.runtimes()
@@ -158,12 +158,20 @@ def judge(ref: str) -> tuple[str, list[Finding]]:
     elif (committed := plan.committed_manifest(ref)) is not None:
         image = Manifest.from_dict(json.loads(committed.read_text()), render.repo_path(committed))
         source = f"{render.repo_path(committed)} ({ref} is not present here)"
+        if plan.platform_of_tag(ref) != matrix.AMD64:
+            image, source = _on_platform(image, plan.platform_of_tag(ref)), f"{source}, with the archs of {ref}"
     elif docker_problem:
         raise DockerUnavailable(f"{docker_problem}, and {ref} is not a tag of the matrix")
     else:
         raise PytorchCudaError(f"image {ref} is not here and is not a tag of the matrix: build it (build.py) or "
                                "pull it first")
     return source, evaluate(image, host_facts(runtimes, cdi_dirs, docker_problem=docker_problem), architecture)
+
+
+def _on_platform(image: Manifest, platform: str) -> Manifest:
+    """The committed (amd64) promise of a tag as its image for `platform` makes it: that platform's archs."""
+    build = matrix.load().resolve(cuda=image.cuda, torch=image.torch)
+    return dataclasses.replace(image, archs=tuple(build.on(platform).archs or ()))
 
 
 def command(ref: str) -> int:

@@ -22,3 +22,13 @@ def repository_name(reference: str) -> str:
 
 def tag_of(reference: str) -> str:
     return split(reference)[1]
+
+
+def registry_host(reference: str) -> str:
+    """The registry's host of a reference, without its port: 'localhost:5000/x:y' -> 'localhost';
+    'docker.io' for a reference without one (the first part names a registry only with a dot, a
+    colon, or as 'localhost', as docker reads it)."""
+    first, slash, _ = split(reference)[0].partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first.rsplit(":", 1)[0] if not first.startswith("[") else first.split("]", 1)[0] + "]"
+    return "docker.io"

@@ -32,6 +32,15 @@ def test_dry_run_prints_the_plan_without_docker(real_matrix):
     (["--cuda", "12.1", "--push"], "--push needs --registry"),
     (["--cuda", "12.1", "--ca-cert", "/nonexistent.pem"], "--ca-cert /nonexistent.pem: no such file"),
     (["--cuda", "12.1", "--variant", "desktop"], "invalid choice: 'desktop'"),
+    (["--cuda", "13.0", "--platform", "linux/riscv64"],
+     "unknown platform linux/riscv64: images are built for linux/amd64, linux/arm64"),
+    # PyPI's aarch64 torch wheels carry CUDA from the CUDA 13 lines on (images/matrix.json, `arm64`).
+    (["--cuda", "12.1", "--platform", "linux/arm64"],
+     "torch 2.4.1 / CUDA 12.1 (pypi) has no CUDA wheels for linux/arm64; lines that have them: "
+     "CUDA 13.0 (torch 2.11.0 to 2.14.1), CUDA 13.2 (torch 2.15.0)"),
+    (["--cuda", "13.0", "--platform", "linux/arm64", "--variant", "jupyter"],
+     "--platform linux/arm64 builds the runtime variant so far, not jupyter"),
+    (["--all", "--render", "--platform", "linux/arm64"], "--render writes the committed files"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message):
     result = build_py(*args, env=NO_DAEMON)
@@ -39,6 +48,16 @@ def test_usage_errors_exit_2_with_one_line(args, message):
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_arm64_plan_names_arm64_tags_and_base():
+    result = build_py("--cuda", "13.0", "--platform", "linux/amd64,linux/arm64", "--dry-run", env=NO_DAEMON)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("pytorch-cuda:")]
+    assert [(row[0], row[-2]) for row in rows] == [
+        ("pytorch-cuda:2.14.1-cuda13.0-runtime", "debian:bookworm-slim"),
+        ("pytorch-cuda:2.14.1-cuda13.0-runtime-arm64", "arm64v8/debian:bookworm-slim"),
+    ]
 
 
 def test_impossible_combination_lists_what_exists(real_matrix):
@@ -97,3 +116,16 @@ def test_ci_matrix_has_one_entry_per_tag_with_its_alias(real_matrix):
     entry = next(e for e in entries if e["tag"] == "2.4.1-cuda12.1-runtime")
     assert entry["alias"] == "v2.4-cuda12.1-runtime" and entry["build_args"].startswith("--torch 2.4.1 --cuda 12.1")
     assert next(e for e in entries if e["tag"] == "2.4.0-cuda12.1-runtime")["alias"] == ""
+    assert {e["platform"] for e in entries} == {"linux/amd64"}
+
+
+def test_ci_matrix_for_arm64_has_the_lines_with_aarch64_cuda_wheels():
+    result = build_py("--all", "--platform", "linux/arm64", "--ci-matrix", env=NO_DAEMON)
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)["include"]
+    # images/matrix.json: torch 2.11.0 to 2.14.1 (CUDA 13.0) and 2.15.0 (CUDA 13.2) have aarch64 CUDA wheels.
+    assert [e["tag"] for e in entries] == [f"{t}-runtime-arm64" for t in (
+        "2.11.0-cuda13.0", "2.12.0-cuda13.0", "2.12.1-cuda13.0", "2.13.0-cuda13.0", "2.14.0-cuda13.0",
+        "2.14.1-cuda13.0", "2.15.0-cuda13.2")]
+    assert {e["platform"] for e in entries} == {"linux/arm64"}
+    assert all(e["build_args"].endswith("--platform linux/arm64") for e in entries)

@@ -27,14 +27,14 @@ print(", ".join(facts[field] for field in query.split(",")))
 """
 
 
-def preflight(tmp_path: Path, tag: str, name: str, driver: str, cap: str, old: bool = False):
+def preflight(tmp_path: Path, tag: str, name: str, driver: str, cap: str, old: bool = False, suffix: str = ""):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     smi = bin_dir / "nvidia-smi"
     smi.write_text(STAND_IN.format(python=sys.executable, name=name, driver=driver, cap=cap, old=old))
     smi.chmod(0o755)
     env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "DOCKER_HOST": "tcp://127.0.0.1:9"}
-    return build_py("--preflight", f"pytorch-cuda:{tag}-runtime", env=env, timeout=120)
+    return build_py("--preflight", f"pytorch-cuda:{tag}-runtime{suffix}", env=env, timeout=120)
 
 
 def test_an_l4_has_kernels_in_the_cuda_12_1_image(tmp_path):
@@ -67,3 +67,18 @@ def test_a_driver_too_old_for_compute_cap_is_not_mistaken_for_no_driver(tmp_path
     assert "no NVIDIA driver" not in done.stdout
     assert "driver 470.256.02 is older than 525.60.13" in done.stdout
     assert "compute capability unknown" in done.stdout and "needs >= 510" in done.stdout
+
+
+def test_an_arm64_tag_is_judged_with_the_aarch64_wheels_archs(tmp_path):
+    """PyPI's aarch64 torch 2.14.1 is built for sm_80 and newer (images/matrix.json, arm64.archs), while
+    its x86_64 wheel has sm_75: a T4 (7.5) has kernels in the amd64 image but none in the arm64 one."""
+    amd64 = preflight(tmp_path, "2.14.1-cuda13.0", "Tesla T4", "580.95.05", "7.5")
+    arm64 = preflight(tmp_path, "2.14.1-cuda13.0", "Tesla T4", "580.95.05", "7.5", suffix="-arm64")
+    assert "ok     GPU 0 Tesla T4 (sm_75): sm_75 cubin" in amd64.stdout, amd64.stdout
+    assert arm64.returncode == 1
+    assert "with the archs of pytorch-cuda:2.14.1-cuda13.0-runtime-arm64" in arm64.stdout, arm64.stdout
+    assert ("fail   GPU 0 Tesla T4 (sm_75) is not covered by the compiled architectures "
+            "(sm_80 sm_90 sm_100 sm_110 sm_120)") in arm64.stdout, arm64.stdout
+    machine = subprocess.run(["uname", "-m"], capture_output=True, text=True, check=True).stdout.strip()
+    if machine == "x86_64":
+        assert "fail   the image is linux/arm64 but this host is x86_64" in arm64.stdout, arm64.stdout
