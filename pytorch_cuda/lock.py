@@ -17,12 +17,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import lockfile, matrix, plan
+from . import lockfile, matrix, plan, render
 from .errors import PytorchCudaError
 
 # Debian bookworm's glibc; uv picks wheels that run there.
 PYTHON_PLATFORM = "x86_64-manylinux_2_36"
 LOCKED_VARIANTS = ("runtime", "jupyter", "devel")
+# uv, for the builder stage of an image for another architecture: it lays out that architecture's
+# wheels in the venv without emulation (pip refuses to install wheels of another platform).
+BUILDER_TOOLS = ("uv==0.13.9",)
 
 
 def header(spec: plan.ImageSpec) -> str:
@@ -72,6 +75,14 @@ def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Pat
     return header(spec) + body
 
 
+def builder_tools_text() -> str:
+    """The builder-tools lock: uv with the hashes of all its wheels (the builder's own architecture
+    is whatever machine builds)."""
+    return ("# Tools of the builder stage (not in any image): pinned with hashes.\n"
+            "# Regenerate on purpose: python -m pytorch_cuda.lock --all\n"
+            + compile_lock(list(BUILDER_TOOLS), "3.11", matrix.PYPI_URL))
+
+
 def _name(requirement: str) -> str:
     return re.split(r"[\[=<>!~ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
@@ -94,6 +105,12 @@ def run(argv: list[str] | None = None) -> int:
     else:
         parser.error("say which tags: --cuda, --torch or --all")
     changed = []
+    if args.all and not args.variant:
+        text = builder_tools_text()
+        if not render.BUILDER_TOOLS_LOCK.exists() or render.BUILDER_TOOLS_LOCK.read_text() != text:
+            changed.append(render.BUILDER_TOOLS_LOCK)
+            if not args.check:
+                render.BUILDER_TOOLS_LOCK.write_text(text)
     for spec in plan.image_specs(m, builds, variants=tuple(args.variant or LOCKED_VARIANTS)):
         text = lock_text(spec, m.variant_packages.get(spec.variant, ()), spec.directory / "runtime.lock")
         path = spec.lock

@@ -20,10 +20,10 @@ from typing import Callable
 from verify import manifest as contract
 from verify import sbom
 
-from . import baseimage, render
+from . import baseimage, plan, render
 from .engine import BuildEvents, Engine
 from .errors import BuildFailed
-from .matrix import REPO_ROOT, Matrix
+from .matrix import AMD64, REPO_ROOT, Matrix
 from .plan import ImageSpec
 from .progress import Progress
 
@@ -77,6 +77,9 @@ def build_args(spec: ImageSpec, dockerfile: str, index_url: str | None, ca_value
         # A variant's own packages come from PyPI (or the mirror given), not from a per-CUDA index.
         "PIP_INDEX_URL": index_url or (spec.build.index_url if spec.variant == "runtime" else ""),
         "PIP_CA_CERT": ca_value,
+        # Another architecture: the builder stage stays on the engine's own (no emulated pip).
+        "BUILDER_IMAGE": spec.builder_image if spec.platform_suffix else "",
+        "TARGETARCH": plan.architecture_of(spec.platform) if spec.platform_suffix else "",
     }
     return {name: value for name, value in offered.items() if name in declared_args(dockerfile) and value}
 
@@ -91,6 +94,7 @@ def context_files(spec: ImageSpec, dockerfile: str) -> dict[str, bytes]:
         # Every variant's bill of materials carries the runtime lock's hashes too.
         render.repo_path(spec.directory / "runtime.lock"): (spec.directory / "runtime.lock").read_bytes(),
         render.repo_path(render.STAGE_SCRIPT): render.STAGE_SCRIPT.read_bytes(),
+        render.repo_path(render.BUILDER_TOOLS_LOCK): render.BUILDER_TOOLS_LOCK.read_bytes(),
     }
 
 
@@ -168,22 +172,52 @@ def verify_and_alias(engine: Engine, spec: ImageSpec, image_id: str, result: Bui
         result.aliases = spec.aliases
 
 
-def push_all(engine: Engine, results: list[BuildResult], say: Callable[[str], None]) -> None:
-    """Push every tag and alias, only when every image built and passed: a registry never holds half a release."""
+def index_members(specs: list[ImageSpec]) -> dict[str, tuple[str, str]]:
+    """For a build of both platforms: each plain name (tag or alias) that becomes a multi-platform
+    index -> (its amd64 name, its arm64 name). The amd64 image goes to the registry as `<name>-amd64`,
+    so every single-platform tag there has its suffix and the plain name is the index."""
+    arm64 = {(s.repository, s.stem, s.variant): s for s in specs if s.platform_suffix}
+    members: dict[str, tuple[str, str]] = {}
+    for spec in specs:
+        other = arm64.get((spec.repository, spec.stem, spec.variant)) if not spec.platform_suffix else None
+        if other is not None:
+            for plain, arm in zip((spec.tag, *spec.aliases), (other.tag, *other.aliases)):
+                members[plain] = (f"{plain}-amd64", arm)
+    return members
+
+
+def push_all(engine: Engine, specs: list[ImageSpec], results: list[BuildResult], say: Callable[[str], None]) -> None:
+    """Push every tag and alias, only when every image built and passed: a registry never holds half a release.
+
+    When both platforms were built, the plain names become multi-platform indexes, made after both
+    images are in the registry: `docker pull` of the plain name then picks the machine's platform.
+    """
     if not all(result.ok for result in results):
         say("nothing pushed: not every image built and passed verify")
         return
+    indexes = index_members(specs)
     for result in results:
-        say(f"pushing {result.tag} {' '.join(result.aliases)}")
-        engine.push((result.tag, *result.aliases))
+        names = (result.tag, *result.aliases)
+        if result.tag in indexes:
+            names = tuple(indexes[name][0] for name in names if name in indexes)
+            engine.tag(result.tag, names)
+        say(f"pushing {' '.join(names)}")
+        engine.push(names)
+    for plain, members in indexes.items():
+        if any(plain in (r.tag, *r.aliases) for r in results):
+            say(f"pushing {plain} (index: {', '.join(members)})")
+            engine.push_index(plain, members)
 
 
 def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions,
         progress: Progress) -> list[BuildResult]:
     """Build `specs` in order (each runtime before its variants) and return one result per spec."""
-    for base in sorted({s.base_image for s in specs if s.variant == "runtime"}):
+    bases = {(s.base_image, s.platform) for s in specs if s.variant == "runtime"}
+    bases |= {(s.builder_image, AMD64) for s in specs if s.variant == "runtime" and s.platform_suffix}
+    for base, platform in sorted(bases):
+        architecture = plan.architecture_of(platform) if platform != AMD64 else None
         how = baseimage.ensure_base_image(engine, base, make=options.bootstrap_base, mirror=options.debian_mirror,
-                                          say=progress.say)
+                                          say=progress.say, architecture=architecture)
         if how != "local":
             progress.say(f"base image {base}: {how}")
     results: list[BuildResult] = []
@@ -203,5 +237,5 @@ def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions
             continue
         verify_and_alias(engine, spec, image_id, result, options, progress.say)
     if options.push:
-        push_all(engine, results, progress.say)
+        push_all(engine, specs, results, progress.say)
     return results

@@ -18,6 +18,8 @@ from .plan import IMAGE_GID, IMAGE_UID, IMAGE_USER, ImageSpec
 TEMPLATES_DIR = REPO_ROOT / "templates"
 # Lays the runtime's venv out as component layers inside the builder stage (a build context file).
 STAGE_SCRIPT = REPO_ROOT / "pytorch_cuda" / "stage_venv.py"
+# uv for builder stages that lay out another architecture's wheels (python -m pytorch_cuda.lock writes it).
+BUILDER_TOOLS_LOCK = REPO_ROOT / "images" / "builder-tools.lock"
 
 
 @cache
@@ -60,6 +62,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         verify_layer=layers.verify_layer(spec.layer_plan),
         source_date_epoch=layers.SOURCE_DATE_EPOCH,
         stage_script=repo_path(STAGE_SCRIPT),
+        builder_tools_lock=repo_path(BUILDER_TOOLS_LOCK),
         **(devel_values(spec) if spec.variant == "devel" else {}),
     )
     # Blank runs left by empty blocks are noise in a reviewed file.

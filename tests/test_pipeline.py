@@ -39,11 +39,17 @@ class FakeEngine:
         return f"sha256:{len(self.built):064d}"
 
     def tag(self, image_id, references):
-        for reference in references:
-            self.tags[reference] = image_id
+        for reference in references:  # like docker tag: the source may be a name of an image
+            self.tags[reference] = self.tags.get(image_id, image_id)
 
     def push(self, references):
         self.pushed.extend(references)
+
+    def push_index(self, reference, members):
+        self.pushed.append(f"{reference} = {' + '.join(members)}")
+
+    def architecture(self, reference):
+        return "arm64" if reference.startswith("arm64v8/") else "amd64"
 
     def image_size(self, reference):
         return 5_000_000_000
@@ -129,6 +135,33 @@ def test_push_sends_every_tag_and_alias_once_all_passed(m):
     image_specs = specs(m, registry="r.example/team")
     build(engine, m, image_specs, verify=True, push=True)
     assert engine.pushed == [ref for spec in image_specs for ref in (spec.tag, *spec.aliases)]
+
+
+def test_both_platforms_push_suffixed_images_then_one_index_per_name():
+    real = matrix.load()
+    build_13 = real.resolve(cuda="13.0")
+    image_specs = [spec for platform in matrix.PLATFORMS
+                   for spec in plan.image_specs(real, [build_13], variants=("runtime",), registry="r.example/team",
+                                                platform=platform)]
+    engine = FakeEngine()
+    build(engine, real, image_specs, push=True)
+    tag = "r.example/team/pytorch-cuda:2.14.1-cuda13.0-runtime"
+    alias = "r.example/team/pytorch-cuda:v2.14-cuda13.0-runtime"
+    assert engine.pushed == [
+        f"{tag}-amd64", f"{alias}-amd64", f"{tag}-arm64", f"{alias}-arm64",
+        f"{tag} = {tag}-amd64 + {tag}-arm64", f"{alias} = {alias}-amd64 + {alias}-arm64",
+    ]
+    # Locally the plain tag stays the amd64 image (an engine holds one image per name).
+    assert engine.tags[tag] == engine.tags[f"{tag}-amd64"] != engine.tags[f"{tag}-arm64"]
+
+
+def test_one_platform_alone_pushes_no_index():
+    real = matrix.load()
+    image_specs = plan.image_specs(real, [real.resolve(cuda="13.0")], variants=("runtime",),
+                                   registry="r.example/team", platform=matrix.ARM64)
+    engine = FakeEngine()
+    build(engine, real, image_specs, push=True, move_aliases=False)
+    assert engine.pushed == ["r.example/team/pytorch-cuda:2.14.1-cuda13.0-runtime-arm64"]
 
 
 def test_no_alias_when_ci_moves_them_later(m):

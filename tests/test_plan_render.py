@@ -57,7 +57,7 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     assert "COPY images/2.4.1-cuda12.1/runtime.lock /tmp/requirements.lock" in text
     assert "--require-hashes \\\n        --no-deps \\\n        -r \\\n        /tmp/requirements.lock;" in text
     stages = re.findall(r"^FROM (.+)$", text, re.M)
-    assert stages == ["${BASE_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE}"]
+    assert stages == ["${BUILDER_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE}"]
     builder, final = text.split("\nFROM ${BASE_IMAGE}\n")
     # The CA reaches only the builder stage.
     assert "ARG PIP_CA_CERT" in builder and "PIP_CA_CERT" not in final
