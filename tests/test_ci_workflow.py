@@ -277,7 +277,8 @@ def test_verify_cleans_up_on_failure_too_and_moves_its_alias_only_after_it_passe
     for name, job in jobs.items():
         assert "verify" not in _needs(job), f"{name} needs the whole verify matrix"
         if name != "verify":
-            assert not any("imagetools" in step.get("run", "") for step in job["steps"]), name
+            assert not any("imagetools" in step.get("run", "") and "alias" in step.get("run", "")
+                           for step in job["steps"]), name
 
 
 def test_the_build_job_audits_before_it_pushes():
@@ -462,3 +463,27 @@ def test_a_job_summary_says_when_there_is_no_report(tmp_path):
                                 env={**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert "no report" in summary.read_text(), name
+
+
+def test_arm64_is_built_natively_on_arm64_runners_and_joined_into_one_tag():
+    jobs = _jobs()
+    matrix_job = jobs["matrix"]
+    assert "--ci-matrix --platform linux/arm64" in _step(matrix_job, "arm64=")[1]["run"]
+    build = jobs["build-arm64"]
+    assert build["runs-on"] == "ubuntu-24.04-arm"  # GitHub's arm64 runners: no emulation
+    assert build["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.arm64) }}"
+    assert "matrix.build_args" in _step(build, "--no-alias")[1]["run"]
+    built, _ = _step(build, "--no-alias")
+    audited, _ = _step(build, "build.py --audit")
+    pushed, _ = _step(build, "docker push")
+    assert built < audited < pushed
+    entries = _ci_matrix("--platform", "linux/arm64")
+    assert entries and all(e["build_args"].endswith("--platform linux/arm64") and e["tag"].endswith("-arm64")
+                           for e in entries)
+    index = jobs["index"]
+    assert set(_needs(index)) == {"matrix", "build", "build-arm64"}
+    run = _step(index, "imagetools create")[1]["run"]
+    assert '--tag "$plain" "$plain-amd64" "$REGISTRY/pytorch-cuda:${{ matrix.tag }}"' in run
+    verify = jobs["verify-arm64"]
+    assert "ARM64" in verify["runs-on"] and "gpu" in verify["runs-on"]
+    assert verify["if"] == "vars.ARM64_GPU_RUNNERS == 'true'"

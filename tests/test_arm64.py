@@ -1,0 +1,134 @@
+"""linux/arm64 images built on this x86_64 machine: the CUDA 13.0 runtime for Grace machines (GH200,
+GB200, GB10), its wheels laid out natively by uv and its RUN steps run through QEMU user emulation,
+then both platforms pushed to a real registry as one multi-platform tag. What runs torch code (verify)
+needs an arm64 machine: see PROBE.
+
+Needs the kernel's binfmt_misc to run aarch64 binaries (.ci/run registers Debian's qemu-user-static
+with the F flag, so it works inside containers); without it the module skips and says why. Every
+image it makes is removed afterwards: two CUDA 13 images and their builder stages are about 25 GB.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from pytorch_cuda import matrix, plan
+from pytorch_cuda.engine import DockerEngine
+
+from .dockerutil import build_py, local_registry, removing_new_images
+
+pytestmark = pytest.mark.docker
+
+CUDA = "13.0"
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+INDEX_TYPES = ("application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json")
+MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
+
+# Run inside the arm64 image: what the machine, the torch wheel, cuDNN and NCCL say of themselves.
+# cuDNN and NCCL are asked through their own C entry points (no GPU needed), not through the manifest.
+# torch is read from its installed files, not imported: under Debian's QEMU 7.2 `import torch` on
+# aarch64 dies in oneDNN's CPU detection (xbyak_aarch64: "Can't open MIDR_EL1 sysfs entry", then
+# SIGSEGV), so running torch code needs an arm64 machine.
+PROBE = r'''
+import ctypes, glob, importlib.metadata, json, platform, re
+site = "/opt/venv/lib/python3.11/site-packages"
+cudnn = ctypes.CDLL(glob.glob(site + "/nvidia/cudnn/lib/libcudnn.so.9")[0])
+cudnn.cudnnGetVersion.restype = ctypes.c_size_t
+nccl = ctypes.CDLL(glob.glob(site + "/nvidia/nccl/lib/libnccl.so.2")[0])
+version = ctypes.c_int()
+assert nccl.ncclGetVersion(ctypes.byref(version)) == 0
+cuda = re.search(r"^cuda[^=]*= '([^']+)'", open(site + "/torch/version.py").read(), re.M).group(1)
+libtorch_cuda = glob.glob(site + "/torch/lib/libtorch_cuda.so")
+print(json.dumps({"machine": platform.machine(), "torch": importlib.metadata.version("torch"), "cuda": cuda,
+                  "cudnn": cudnn.cudnnGetVersion(), "nccl": version.value, "libtorch_cuda": bool(libtorch_cuda)}))
+'''
+
+
+def _qemu_aarch64() -> str:
+    """Why aarch64 binaries cannot run here, or '' when they can."""
+    entry = BINFMT / "qemu-aarch64"
+    if not entry.exists():
+        return "binfmt_misc has no qemu-aarch64 entry (bash .ci/run registers Debian's qemu-user-static)"
+    text = entry.read_text()
+    if "enabled" not in text.splitlines()[0]:
+        return "binfmt_misc's qemu-aarch64 entry is disabled"
+    if "F" not in next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags:")), ""):
+        return "binfmt_misc's qemu-aarch64 entry lacks the F flag, so containers cannot find the emulator"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def both_platforms(docker_client, real_matrix) -> Iterator[dict]:
+    """`build.py --cuda 13.0 --platform linux/amd64,linux/arm64 --registry ... --push`, once."""
+    missing = _qemu_aarch64()
+    if missing:
+        pytest.skip(f"cannot run aarch64 code here: {missing}")
+    with removing_new_images(docker_client), local_registry(docker_client) as (address, url, _):
+        prefix = f"{address}/team"
+        started = time.monotonic()
+        result = build_py("--cuda", CUDA, "--platform", "linux/amd64,linux/arm64", "--variant", "runtime",
+                          "--no-alias", "--registry", prefix, "--push", timeout=3600)
+        seconds = time.monotonic() - started
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        build = real_matrix.resolve(cuda=CUDA)
+        specs = {spec.platform: spec for platform in matrix.PLATFORMS
+                 for spec in plan.image_specs(real_matrix, [build], variants=("runtime",), registry=prefix,
+                                              platform=platform)}
+        print(f"\nbuild.py, both platforms of {build.torch}-cuda{CUDA} built and pushed in {seconds:.0f} s:\n"
+              f"{result.stdout[-1500:]}")
+        yield {"specs": specs, "url": url, "prefix": prefix, "output": result.stdout + result.stderr,
+               "build": build}
+
+
+def test_the_arm64_image_config_says_arm64(both_platforms, docker_client):
+    engine = DockerEngine(docker_client)
+    specs = both_platforms["specs"]
+    assert engine.architecture(specs[matrix.ARM64].tag) == "arm64"
+    assert engine.architecture(specs[matrix.AMD64].tag) == "amd64"
+    labels = engine.labels(specs[matrix.ARM64].tag)
+    # The aarch64 wheel's own arch list (images/matrix.json, arm64.archs), not the x86_64 one.
+    assert labels["io.pytorch-cuda.archs"] == " ".join(both_platforms["build"].arm64.archs)
+
+
+def test_torch_cudnn_and_nccl_inside_the_arm64_image_are_the_matrix_ones(both_platforms, containers):
+    build = both_platforms["build"]
+    started = time.monotonic()
+    code, output = containers.run(both_platforms["specs"][matrix.ARM64].tag, ["python", "-c", PROBE], timeout=900)
+    print(f"\ncuDNN + NCCL loaded under emulation: {time.monotonic() - started:.0f} s")
+    assert code == 0, output
+    found = json.loads(output.strip().splitlines()[-1])
+    major, minor, patch = (int(part) for part in build.cudnn.split(".")[:3])
+    nccl_major, nccl_minor, nccl_patch = (int(part) for part in build.nccl.split(".")[:3])
+    assert found["machine"] == "aarch64"
+    assert found["torch"].split("+")[0] == build.torch and found["cuda"] == CUDA and found["libtorch_cuda"]
+    assert found["cudnn"] == major * 10000 + minor * 100 + patch  # cuDNN 9's CUDNN_VERSION encoding
+    assert found["nccl"] == nccl_major * 10000 + nccl_minor * 100 + nccl_patch  # NCCL >= 2.9's NCCL_VERSION_CODE
+
+
+def test_one_tag_in_the_registry_pulls_the_amd64_image_here(both_platforms, docker_client):
+    specs, url, prefix = both_platforms["specs"], both_platforms["url"], both_platforms["prefix"]
+    repository = "team/pytorch-cuda"
+    plain = specs[matrix.AMD64].tag.rsplit(":", 1)[1]
+    accept = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
+    index = requests.get(f"{url}/v2/{repository}/manifests/{plain}", headers={"Accept": accept}, timeout=30)
+    assert index.status_code == 200 and index.headers["Content-Type"] in INDEX_TYPES, index.text[:500]
+    listed = {(m["platform"]["os"], m["platform"]["architecture"]): m["digest"] for m in index.json()["manifests"]}
+    assert set(listed) == {("linux", "amd64"), ("linux", "arm64")}
+    for architecture, suffix in (("amd64", "-amd64"), ("arm64", "-arm64")):
+        single = requests.get(f"{url}/v2/{repository}/manifests/{plain}{suffix}",
+                              headers={"Accept": ", ".join(MANIFEST_TYPES)}, timeout=30)
+        assert single.status_code == 200, single.text[:300]
+        assert listed[("linux", architecture)] == single.headers["Docker-Content-Digest"]
+    tags = requests.get(f"{url}/v2/{repository}/tags/list", timeout=30).json()["tags"]
+    assert sorted(tags) == sorted([plain, f"{plain}-amd64", f"{plain}-arm64"])
+
+    local_amd64 = docker_client.images.get(specs[matrix.AMD64].tag).id
+    docker_client.images.remove(specs[matrix.AMD64].tag)  # the pull must put the name back, through the index
+    pulled = docker_client.images.pull(f"{prefix}/pytorch-cuda", tag=plain)
+    assert pulled.attrs["Architecture"] == "amd64"
+    assert pulled.id == local_amd64
