@@ -1,0 +1,59 @@
+"""arm64 beside amd64, measured in one run on this machine: cold build time and image size of one
+CUDA 13 runtime for each platform. On an x86_64 machine the arm64 build runs its final stage's RUN
+steps under QEMU user emulation (its wheels are laid out natively by uv). Prints; asserts nothing.
+
+    .venv/bin/python benchmarks/arm64_bench.py [--cuda 13.0]
+
+Both builds use --no-cache under a throwaway registry prefix, and every image they make is removed
+afterwards (two CUDA images and their builder stages: about 25 GB while it runs).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+import docker.errors  # noqa: E402
+
+from benchmarks.build_bench import BENCH_REGISTRY, build_py  # noqa: E402
+from benchmarks.figures import print_figures  # noqa: E402
+from pytorch_cuda import matrix, plan  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cuda", default="13.0", help="a CUDA line with aarch64 CUDA wheels")
+    args = parser.parse_args()
+    client = docker.from_env(timeout=600)
+    m = matrix.load()
+    build = m.resolve(cuda=args.cuda)
+    before = {image.id for image in client.images.list(all=True)}
+    figures = []
+    try:
+        sizes = {}
+        for platform in matrix.PLATFORMS:
+            seconds, _ = build_py("--torch", build.torch, "--cuda", build.cuda, "--platform", platform,
+                                  "--variant", "runtime", "--no-alias", "--no-cache", "--registry", BENCH_REGISTRY)
+            spec = plan.image_specs(m, [build], variants=("runtime",), registry=BENCH_REGISTRY, platform=platform)[0]
+            image = client.images.get(spec.tag)
+            sizes[platform] = image.attrs["Size"]
+            figures.append((f"{platform} cold build", f"{seconds:.0f} s"))
+            figures.append((f"{platform} size", f"{sizes[platform] / 1e9:.2f} GB ({image.attrs['Architecture']})"))
+        figures.append(("arm64 / amd64 size", f"{sizes[matrix.ARM64] / sizes[matrix.AMD64]:.2f}"))
+    finally:
+        for image in client.images.list(all=True):
+            if image.id not in before:
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(image.id, force=True)
+    print_figures(f"arm64 beside amd64: {build.torch}-cuda{build.cuda} runtime, measured {time.strftime('%Y-%m-%d')}",
+                  figures)
+
+
+if __name__ == "__main__":
+    main()
