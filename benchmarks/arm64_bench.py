@@ -10,7 +10,6 @@ afterwards (two CUDA images and their builder stages: about 25 GB while it runs)
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -19,11 +18,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
-import docker.errors  # noqa: E402
 
 from benchmarks.build_bench import BENCH_REGISTRY, build_py  # noqa: E402
 from benchmarks.figures import print_figures  # noqa: E402
 from pytorch_cuda import matrix, plan  # noqa: E402
+from tests.dockerutil import removing_new_images  # noqa: E402
 
 
 def main() -> None:
@@ -33,9 +32,8 @@ def main() -> None:
     client = docker.from_env(timeout=600)
     m = matrix.load()
     build = m.resolve(cuda=args.cuda)
-    before = {image.id for image in client.images.list(all=True)}
     figures = []
-    try:
+    with removing_new_images(client):
         sizes = {}
         for platform in matrix.PLATFORMS:
             seconds, _ = build_py("--torch", build.torch, "--cuda", build.cuda, "--platform", platform,
@@ -46,11 +44,6 @@ def main() -> None:
             figures.append((f"{platform} cold build", f"{seconds:.0f} s"))
             figures.append((f"{platform} size", f"{sizes[platform] / 1e9:.2f} GB ({image.attrs['Architecture']})"))
         figures.append(("arm64 / amd64 size", f"{sizes[matrix.ARM64] / sizes[matrix.AMD64]:.2f}"))
-    finally:
-        for image in client.images.list(all=True):
-            if image.id not in before:
-                with contextlib.suppress(docker.errors.APIError):
-                    client.images.remove(image.id, force=True)
     print_figures(f"arm64 beside amd64: {build.torch}-cuda{build.cuda} runtime, measured {time.strftime('%Y-%m-%d')}",
                   figures)
 

@@ -126,13 +126,14 @@ def run(argv: list[str] | None = None) -> int:
         print(tables.matrix_table(m))
         return EXIT_OK
     platforms = parse_platforms(args.platform)
-    if args.render and platforms != (matrix.AMD64,):
+    beyond_amd64 = platforms != (matrix.AMD64,)
+    if args.render and beyond_amd64:
         raise UsageError("--render writes the committed files, which are linux/amd64's: drop --platform")
     builds = m.select(cuda=args.cuda, torch=args.torch, python=args.python, every_tag=args.all)
-    if platforms != (matrix.AMD64,) and args.all:  # every tag that has wheels for all the platforms asked
+    if beyond_amd64 and args.all:  # every tag that has wheels for all the platforms asked
         builds = [b for b in builds if all(p in b.platforms for p in platforms)]
     every: tuple[str, ...] = plan.VARIANTS if args.render or args.ci_matrix else plan.DEFAULT_VARIANTS
-    if platforms != (matrix.AMD64,):  # arm64 has the runtime so far: a multi-platform tag needs both
+    if beyond_amd64:  # arm64 has the runtime so far: a multi-platform tag needs both
         every = plan.OTHER_PLATFORM_VARIANTS
     specs = [spec for platform in platforms
              for spec in plan.image_specs(m, builds, variants=tuple(args.variant or every), python=args.python,
