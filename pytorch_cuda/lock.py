@@ -7,6 +7,10 @@
 Builds install a lock with `pip --require-hashes --no-deps`, so an ordinary build never drifts;
 locks change only when this command is run on purpose. uv resolves for the image's platform
 (Linux x86_64, the base image's glibc and Python), not for the machine running it.
+
+One lock serves every platform of a tag: uv lists the hashes of all wheels of each pinned version.
+That holds only while linux/arm64 resolves to the same pins, so a release with arm64 wheels is
+resolved for both and a difference stops the lock (its message names the packages).
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ from pathlib import Path
 from . import lockfile, matrix, plan, render
 from .errors import PytorchCudaError
 
-# Debian bookworm's glibc; uv picks wheels that run there.
-PYTHON_PLATFORM = "x86_64-manylinux_2_36"
+# uv's name for each Docker platform's wheels, at Debian bookworm's glibc.
+PYTHON_PLATFORMS = {matrix.AMD64: "x86_64-manylinux_2_36", matrix.ARM64: "aarch64-manylinux_2_36"}
 LOCKED_VARIANTS = ("runtime", "jupyter", "devel")
 # uv, for the builder stage of an image for another architecture: it lays out that architecture's
 # wheels in the venv without emulation (pip refuses to install wheels of another platform).
@@ -43,10 +47,11 @@ def _uv() -> str:
     return uv.find_uv_bin()
 
 
-def compile_lock(requirements: list[str], python: str, index_url: str, constraints: Path | None = None) -> str:
-    """Resolve `requirements` for the image's platform; the lock's text, without our header."""
+def compile_lock(requirements: list[str], python: str, index_url: str, constraints: Path | None = None,
+                 platform: str = matrix.AMD64) -> str:
+    """Resolve `requirements` for the image's Docker `platform`; the lock's text, without our header."""
     command = [
-        _uv(), "pip", "compile", "-", "--python-version", python, "--python-platform", PYTHON_PLATFORM,
+        _uv(), "pip", "compile", "-", "--python-version", python, "--python-platform", PYTHON_PLATFORMS[platform],
         "--generate-hashes", "--index-url", index_url, "--no-header", "--quiet", "--native-tls",
         "--no-annotate",
     ]
@@ -64,6 +69,12 @@ def compile_lock(requirements: list[str], python: str, index_url: str, constrain
 def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Path | None) -> str:
     if spec.variant == "runtime":
         body = compile_lock(list(spec.build.requirements), spec.python, spec.build.index_url)
+        for platform in spec.build.platforms:
+            if platform != matrix.AMD64:
+                other = compile_lock(list(spec.build.requirements), spec.python, spec.build.index_url,
+                                     platform=platform)
+                if other != body:
+                    raise PytorchCudaError(platform_difference(spec.tag, platform, body, other))
     else:
         # The variant's own packages (devel: its build tools and, for CUDA 13, the compiler's wheels),
         # resolved so that nothing of the runtime changes.
@@ -73,6 +84,17 @@ def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Pat
             wanted += [pin for pin in spec.build.devel.get("pip", ()) if _name(pin) not in have]
         body = compile_lock(wanted, spec.python, matrix.PYPI_URL, constraints=runtime_lock)
     return header(spec) + body
+
+
+def platform_difference(tag: str, platform: str, amd64_text: str, other_text: str) -> str:
+    """Why one lock cannot serve both platforms of `tag`: the pins that differ, in one line."""
+    amd64, other = lockfile.pins_of(amd64_text), lockfile.pins_of(other_text)
+    differences = [f"{name} {amd64.get(name, '-')} vs {other.get(name, '-')}"
+                   for name in sorted(set(amd64) | set(other)) if amd64.get(name) != other.get(name)]
+    if not differences:  # same pins, other text: the hashes of some wheel differ between the two resolutions
+        differences = ["same pins, other hashes"]
+    return (f"{tag}: linux/amd64 and {platform} resolve to different packages ({'; '.join(differences)}), "
+            "and one lock serves both: build that tag for linux/amd64 only, or give it a lock per platform")
 
 
 def builder_tools_text() -> str:

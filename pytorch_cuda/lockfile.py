@@ -19,10 +19,13 @@ def digest(path: Path) -> str:
 
 def pins(path: Path) -> dict[str, str]:
     """name -> exact version of every package a lock pins ({} when there is no lock yet)."""
-    if not path.exists():
-        return {}
+    return pins_of(path.read_text()) if path.exists() else {}
+
+
+def pins_of(text: str) -> dict[str, str]:
+    """name -> exact version of every package pinned in a lock's text."""
     found = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         match = _PIN.match(line)
         if match:
             found[match.group(1).lower().replace("_", "-")] = match.group(2)
