@@ -477,3 +477,25 @@ def test_nvcc_release(text, release):
     from verify.checks.toolchain import nvcc_release
 
     assert nvcc_release(text) == release
+
+
+# The tail of the error torch.compile raised in the arm64 image under QEMU's default CPU (256-bit SVE),
+# 2026-12-02: g++ 12 crashed compiling torch's SVE vector header.
+GCC_CRASH = """CppCompileError: C++ compile error
+
+Command:
+g++ /tmp/torchinductor_pytorch/nk/c.main.cpp -D TORCH_INDUCTOR_CPP_WRAPPER -D CPU_CAPABILITY_SVE -D CPU_CAPABILITY_SVE256 -O3
+
+Output:
+during GIMPLE pass: lower
+/opt/venv/lib/python3.11/site-packages/torch/include/ATen/cpu/vec/sve/vec_float.h:196:61: internal compiler error: Segmentation fault
+0x18e9577 internal_error(char const*, ...)
+"""
+
+
+def test_a_crashed_compiler_is_named_as_a_compiler_bug_with_the_way_around_it():
+    from verify.checks.compile import compiler_crash
+    assert compiler_crash(GCC_CRASH) == (
+        "the C++ compiler crashed (internal compiler error: Segmentation fault) on Inductor's SVE256 vector code: "
+        "a compiler bug, not the model; ATEN_CPU_CAPABILITY=default makes Inductor write plain C++ that it compiles")
+    assert compiler_crash("CppCompileError: C++ compile error\nerror: 'foo' was not declared in this scope") is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import sysconfig
 import time
@@ -47,6 +48,23 @@ def missing_toolchain(device: str, which: Callable[[str], Optional[str]] = shuti
         problems.append(f"Python.h not found in {include or 'the interpreter include dir'}: install the Python "
                         "development headers (e.g. apt-get install python3-dev)")
     return problems
+
+
+def compiler_crash(error_text: str) -> Optional[str]:
+    """Words for a C++ compiler that crashed on Inductor's code (a compiler bug, not the model), or None.
+
+    Seen: bookworm's g++ 12 crashes on torch's 256-bit SVE vector code, which Inductor picks on arm64
+    CPUs whose SVE is wider than 128 bits (and under QEMU's default arm64 CPU); Grace's 128-bit SVE2
+    compiles. ATEN_CPU_CAPABILITY=default makes Inductor write plain C++ instead.
+    """
+    crash = next((line[line.index("internal compiler error"):].strip() for line in error_text.splitlines()
+                  if "internal compiler error" in line), None)
+    if crash is None:
+        return None
+    vector_code = re.findall(r"-D ?CPU_CAPABILITY_(\w+)", error_text)  # Inductor's -D flags, narrowest last
+    target = f"Inductor's {vector_code[-1]} vector code" if vector_code else "Inductor's code"
+    return (f"the C++ compiler crashed ({crash}) on {target}: a compiler bug, not the model; "
+            "ATEN_CPU_CAPABILITY=default makes Inductor write plain C++ that it compiles")
 
 
 def _user() -> Dict[str, object]:
@@ -110,7 +128,8 @@ def run(ctx: CheckContext) -> Outcome:
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
         detail = lines[0] if lines else type(err).__name__
         named = "; ".join(problems) + ": " if problems else ""
-        found.fail(f"torch.compile failed as {who}: {named}{type(err).__name__}: {detail}"[:600])
+        crash = compiler_crash(str(err))
+        found.fail(f"torch.compile failed as {who}: {named}{crash or type(err).__name__ + ': ' + detail}"[:600])
         return found.outcome("")
     ok, error = compare(compiled, eager, TOLERANCE[device])
     found.figures["max_rel_error"] = error
