@@ -68,21 +68,21 @@ def compile_lock(requirements: list[str], python: str, index_url: str, constrain
 
 def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Path | None) -> str:
     if spec.variant == "runtime":
-        body = compile_lock(list(spec.build.requirements), spec.python, spec.build.index_url)
-        for platform in spec.build.platforms:
-            if platform != matrix.AMD64:
-                other = compile_lock(list(spec.build.requirements), spec.python, spec.build.index_url,
-                                     platform=platform)
-                if other != body:
-                    raise PytorchCudaError(platform_difference(spec.tag, platform, body, other))
+        wanted, index_url, constraints = list(spec.build.requirements), spec.build.index_url, None
     else:
         # The variant's own packages (devel: its build tools and, for CUDA 13, the compiler's wheels),
         # resolved so that nothing of the runtime changes.
-        wanted = list(packages)
+        wanted, index_url, constraints = list(packages), matrix.PYPI_URL, runtime_lock
         if spec.variant == "devel":  # the compiler's wheels the runtime does not have already
             have = lockfile.pins(runtime_lock) if runtime_lock else {}
             wanted += [pin for pin in spec.build.devel.get("pip", ()) if _name(pin) not in have]
-        body = compile_lock(wanted, spec.python, matrix.PYPI_URL, constraints=runtime_lock)
+    body = compile_lock(wanted, spec.python, index_url, constraints=constraints)
+    if spec.variant in plan.OTHER_PLATFORM_VARIANTS:  # the variants other platforms build: one lock for all
+        for platform in spec.build.platforms:
+            if platform != matrix.AMD64:
+                other = compile_lock(wanted, spec.python, index_url, constraints=constraints, platform=platform)
+                if other != body:
+                    raise PytorchCudaError(platform_difference(spec.tag, platform, body, other))
     return header(spec) + body
 
 

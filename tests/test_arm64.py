@@ -10,6 +10,7 @@ image it makes is removed afterwards: two CUDA 13 images and their builder stage
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,8 @@ import requests
 from pytorch_cuda import matrix, plan
 from pytorch_cuda.engine import DockerEngine
 
-from .dockerutil import build_py, local_registry, removing_new_images
+from .clients import SshClient, published_port, run_in_kernel, wait_for_jupyter
+from .dockerutil import build_py, container, local_registry, removing_new_images
 
 pytestmark = pytest.mark.docker
 
@@ -66,21 +68,22 @@ def _qemu_aarch64() -> str:
 
 @pytest.fixture(scope="module")
 def both_platforms(docker_client, real_matrix) -> Iterator[dict]:
-    """`build.py --cuda 13.0 --platform linux/amd64,linux/arm64 --registry ... --push`, once."""
+    """`build.py --cuda 13.0 --platform linux/amd64,linux/arm64 --registry ... --push`, once: runtime,
+    jupyter and ssh for both platforms, as a user would build them."""
     missing = _qemu_aarch64()
     if missing:
         pytest.skip(f"cannot run aarch64 code here: {missing}")
     with removing_new_images(docker_client), local_registry(docker_client) as (address, url, _):
         prefix = f"{address}/team"
         started = time.monotonic()
-        result = build_py("--cuda", CUDA, "--platform", "linux/amd64,linux/arm64", "--variant", "runtime",
-                          "--no-alias", "--registry", prefix, "--push", timeout=3600)
+        result = build_py("--cuda", CUDA, "--platform", "linux/amd64,linux/arm64", "--no-alias", "--registry", prefix,
+                          "--push", timeout=3600)
         seconds = time.monotonic() - started
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         build = real_matrix.resolve(cuda=CUDA)
-        specs = {spec.platform: spec for platform in matrix.PLATFORMS
-                 for spec in plan.image_specs(real_matrix, [build], variants=("runtime",), registry=prefix,
-                                              platform=platform)}
+        specs = {(spec.platform, spec.variant): spec for platform in matrix.PLATFORMS
+                 for spec in plan.image_specs(real_matrix, [build], variants=plan.OTHER_PLATFORM_VARIANTS,
+                                              registry=prefix, platform=platform)}
         print(f"\nbuild.py, both platforms of {build.torch}-cuda{CUDA} built and pushed in {seconds:.0f} s:\n"
               f"{result.stdout[-1500:]}")
         yield {"specs": specs, "url": url, "prefix": prefix, "output": result.stdout + result.stderr,
@@ -90,9 +93,10 @@ def both_platforms(docker_client, real_matrix) -> Iterator[dict]:
 def test_the_arm64_image_config_says_arm64(both_platforms, docker_client):
     engine = DockerEngine(docker_client)
     specs = both_platforms["specs"]
-    assert engine.architecture(specs[matrix.ARM64].tag) == "arm64"
-    assert engine.architecture(specs[matrix.AMD64].tag) == "amd64"
-    labels = engine.labels(specs[matrix.ARM64].tag)
+    for variant in plan.OTHER_PLATFORM_VARIANTS:
+        assert engine.architecture(specs[matrix.ARM64, variant].tag) == "arm64", variant
+        assert engine.architecture(specs[matrix.AMD64, variant].tag) == "amd64", variant
+    labels = engine.labels(specs[matrix.ARM64, "runtime"].tag)
     # The aarch64 wheel's own arch list (images/matrix.json, arm64.archs), not the x86_64 one.
     assert labels["io.pytorch-cuda.archs"] == " ".join(both_platforms["build"].arm64.archs)
 
@@ -100,7 +104,7 @@ def test_the_arm64_image_config_says_arm64(both_platforms, docker_client):
 def test_torch_cudnn_and_nccl_inside_the_arm64_image_are_the_matrix_ones(both_platforms, containers):
     build = both_platforms["build"]
     started = time.monotonic()
-    code, output = containers.run(both_platforms["specs"][matrix.ARM64].tag, ["python", "-c", PROBE], timeout=900,
+    code, output = containers.run(both_platforms["specs"][matrix.ARM64, "runtime"].tag, ["python", "-c", PROBE], timeout=900,
                                   environment={"QEMU_CPU": EMULATED_CPU})
     print(f"\nimport torch, cuDNN + NCCL loaded under emulation: {time.monotonic() - started:.0f} s")
     assert code == 0, output
@@ -117,7 +121,7 @@ def test_torch_cudnn_and_nccl_inside_the_arm64_image_are_the_matrix_ones(both_pl
 def test_verify_passes_its_cpu_checks_in_the_arm64_image_under_emulation(both_platforms, containers):
     script = "verify --json /tmp/report.json; code=$?; echo '@@REPORT@@'; cat /tmp/report.json; exit $code"
     started = time.monotonic()
-    code, output = containers.run(both_platforms["specs"][matrix.ARM64].tag, ["sh", "-c", script], timeout=1500,
+    code, output = containers.run(both_platforms["specs"][matrix.ARM64, "runtime"].tag, ["sh", "-c", script], timeout=1500,
                                   entrypoint="", shm_size="1g", environment={"QEMU_CPU": EMULATED_CPU})
     print(f"\nverify under emulation ({EMULATED_CPU}): {time.monotonic() - started:.0f} s")
     table, _, report = output.partition("@@REPORT@@")
@@ -130,25 +134,62 @@ def test_verify_passes_its_cpu_checks_in_the_arm64_image_under_emulation(both_pl
     assert checks["nccl"]["status"] == "skip" and "gloo all-reduce" in checks["nccl"]["reason"], checks["nccl"]
 
 
-def test_one_tag_in_the_registry_pulls_the_amd64_image_here(both_platforms, docker_client):
+def test_the_arm64_jupyter_kernel_runs_aarch64_cuda_torch(both_platforms, docker_client):
+    """The real Jupyter client against the arm64 server, all of it under emulation."""
+    token = secrets.token_urlsafe(24)
+    started = time.monotonic()
+    with container(docker_client, both_platforms["specs"][matrix.ARM64, "jupyter"].tag, shm_size="1g",
+                   environment={"JUPYTER_TOKEN": token, "QEMU_CPU": EMULATED_CPU},
+                   ports={"8888/tcp": ("127.0.0.1", None)}) as box:
+        base_url = f"http://127.0.0.1:{published_port(box, '8888/tcp')}"
+        wait_for_jupyter(base_url, token, timeout=600)
+        up = time.monotonic() - started
+        code = ("import json, os, platform, torch; print(json.dumps({'machine': platform.machine(), "
+                "'torch': torch.__version__, 'cuda': torch.version.cuda, 'uid': os.getuid()}))")
+        found = json.loads(run_in_kernel(base_url, token, code, timeout=600).strip().splitlines()[-1])
+    print(f"\narm64 JupyterLab up in {up:.0f} s under emulation; kernel ran torch {time.monotonic() - started - up:.0f} s")
+    assert found == {"machine": "aarch64", "torch": found["torch"], "cuda": CUDA, "uid": 1000}, found
+    assert found["torch"].split("+")[0] == both_platforms["build"].torch
+
+
+def test_the_arm64_ssh_login_runs_aarch64_cuda_torch(both_platforms, docker_client, tmp_path):
+    """The real OpenSSH client logs in to the arm64 sshd (key only) and runs the image's torch."""
+    client = SshClient.make(tmp_path)
+    keys = tmp_path / "authorized_keys"
+    keys.write_text(client.public_key + "\n")
+    with container(docker_client, both_platforms["specs"][matrix.ARM64, "ssh"].tag, shm_size="1g",
+                   environment={"QEMU_CPU": EMULATED_CPU}, ports={"22/tcp": ("127.0.0.1", None)},
+                   volumes={str(keys): {"bind": "/authorized_keys", "mode": "ro"}}) as box:
+        port = published_port(box, "22/tcp")
+        client.wait(port, timeout=300)
+        result = client.run(port, "python", "-c", "'import platform, torch; print(platform.machine(), "
+                            "torch.version.cuda)'", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["aarch64", CUDA], result.stdout
+
+
+def test_one_tag_per_variant_in_the_registry_pulls_the_amd64_image_here(both_platforms, docker_client):
     specs, url, prefix = both_platforms["specs"], both_platforms["url"], both_platforms["prefix"]
     repository = "team/pytorch-cuda"
-    plain = specs[matrix.AMD64].tag.rsplit(":", 1)[1]
     accept = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
-    index = requests.get(f"{url}/v2/{repository}/manifests/{plain}", headers={"Accept": accept}, timeout=30)
-    assert index.status_code == 200 and index.headers["Content-Type"] in INDEX_TYPES, index.text[:500]
-    listed = {(m["platform"]["os"], m["platform"]["architecture"]): m["digest"] for m in index.json()["manifests"]}
-    assert set(listed) == {("linux", "amd64"), ("linux", "arm64")}
-    for architecture, suffix in (("amd64", "-amd64"), ("arm64", "-arm64")):
-        single = requests.get(f"{url}/v2/{repository}/manifests/{plain}{suffix}",
-                              headers={"Accept": ", ".join(MANIFEST_TYPES)}, timeout=30)
-        assert single.status_code == 200, single.text[:300]
-        assert listed[("linux", architecture)] == single.headers["Docker-Content-Digest"]
+    plains = [specs[matrix.AMD64, variant].tag.rsplit(":", 1)[1] for variant in plan.OTHER_PLATFORM_VARIANTS]
+    for plain in plains:
+        index = requests.get(f"{url}/v2/{repository}/manifests/{plain}", headers={"Accept": accept}, timeout=30)
+        assert index.status_code == 200 and index.headers["Content-Type"] in INDEX_TYPES, index.text[:500]
+        listed = {(m["platform"]["os"], m["platform"]["architecture"]): m["digest"]
+                  for m in index.json()["manifests"]}
+        assert set(listed) == {("linux", "amd64"), ("linux", "arm64")}, plain
+        for architecture, suffix in (("amd64", "-amd64"), ("arm64", "-arm64")):
+            single = requests.get(f"{url}/v2/{repository}/manifests/{plain}{suffix}",
+                                  headers={"Accept": ", ".join(MANIFEST_TYPES)}, timeout=30)
+            assert single.status_code == 200, single.text[:300]
+            assert listed[("linux", architecture)] == single.headers["Docker-Content-Digest"], (plain, suffix)
     tags = requests.get(f"{url}/v2/{repository}/tags/list", timeout=30).json()["tags"]
-    assert sorted(tags) == sorted([plain, f"{plain}-amd64", f"{plain}-arm64"])
+    assert sorted(tags) == sorted(f"{plain}{suffix}" for plain in plains for suffix in ("", "-amd64", "-arm64"))
 
-    local_amd64 = docker_client.images.get(specs[matrix.AMD64].tag).id
-    docker_client.images.remove(specs[matrix.AMD64].tag)  # the pull must put the name back, through the index
-    pulled = docker_client.images.pull(f"{prefix}/pytorch-cuda", tag=plain)
+    runtime = specs[matrix.AMD64, "runtime"].tag
+    local_amd64 = docker_client.images.get(runtime).id
+    docker_client.images.remove(runtime)  # the pull must put the name back, through the index
+    pulled = docker_client.images.pull(f"{prefix}/pytorch-cuda", tag=runtime.rsplit(":", 1)[1])
     assert pulled.attrs["Architecture"] == "amd64"
     assert pulled.id == local_amd64

@@ -468,22 +468,27 @@ def test_a_job_summary_says_when_there_is_no_report(tmp_path):
 def test_arm64_is_built_natively_on_arm64_runners_and_joined_into_one_tag():
     jobs = _jobs()
     matrix_job = jobs["matrix"]
-    assert "--ci-matrix --platform linux/arm64" in _step(matrix_job, "arm64=")[1]["run"]
+    assert "--ci-matrix --platform linux/arm64 --variant runtime" in _step(matrix_job, "arm64=")[1]["run"]
     build = jobs["build-arm64"]
     assert build["runs-on"] == "ubuntu-24.04-arm"  # GitHub's arm64 runners: no emulation
     assert build["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.arm64) }}"
-    assert "matrix.build_args" in _step(build, "--no-alias")[1]["run"]
-    built, _ = _step(build, "--no-alias")
-    audited, _ = _step(build, "build.py --audit")
-    pushed, _ = _step(build, "docker push")
+    built, step = _step(build, "--no-alias")
+    assert "matrix.build_args" in step["run"]
+    # Every variant arm64 has is built, audited, pushed, and made one tag with its amd64 image.
+    for variant in plan.OTHER_PLATFORM_VARIANTS:
+        assert f"--variant {variant}" in step["run"]
+    audited, audit = _step(build, "build.py --audit")
+    pushed, push = _step(build, "docker push")
     assert built < audited < pushed
-    entries = _ci_matrix("--platform", "linux/arm64")
-    assert entries and all(e["build_args"].endswith("--platform linux/arm64") and e["tag"].endswith("-arm64")
+    entries = _ci_matrix("--platform", "linux/arm64", "--variant", "runtime")
+    assert entries and all(e["build_args"].endswith("--platform linux/arm64") and e["tag"].endswith("-runtime-arm64")
                            for e in entries)
     index = jobs["index"]
     assert set(_needs(index)) == {"matrix", "build", "build-arm64"}
     run = _step(index, "imagetools create")[1]["run"]
-    assert '--tag "$plain" "$plain-amd64" "$REGISTRY/pytorch-cuda:${{ matrix.tag }}"' in run
+    assert '--tag "$plain" "$plain-amd64" "$plain-arm64"' in run
+    variants_line = f"for variant in {' '.join(plan.OTHER_PLATFORM_VARIANTS)}; do"
+    assert all(variants_line in text for text in (audit["run"], push["run"], run))
     verify = jobs["verify-arm64"]
     assert "ARM64" in verify["runs-on"] and "gpu" in verify["runs-on"]
     assert verify["if"] == "vars.ARM64_GPU_RUNNERS == 'true'"

@@ -38,8 +38,9 @@ def test_dry_run_prints_the_plan_without_docker(real_matrix):
     (["--cuda", "12.1", "--platform", "linux/arm64"],
      "torch 2.4.1 / CUDA 12.1 (pypi) has no CUDA wheels for linux/arm64; lines that have them: "
      "CUDA 13.0 (torch 2.11.0 to 2.14.1), CUDA 13.2 (torch 2.15.0)"),
-    (["--cuda", "13.0", "--platform", "linux/arm64", "--variant", "jupyter"],
-     "--platform linux/arm64 builds the runtime variant so far, not jupyter"),
+    (["--cuda", "13.0", "--platform", "linux/arm64", "--variant", "devel"],
+     "--platform linux/arm64 builds the runtime, jupyter, ssh variants, not devel (linux/amd64 only so far): "
+     "drop --variant devel"),
     (["--all", "--render", "--platform", "linux/arm64"], "--render writes the committed files"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message):
@@ -56,7 +57,12 @@ def test_an_arm64_plan_names_arm64_tags_and_base():
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("pytorch-cuda:")]
     assert [(row[0], row[-2]) for row in rows] == [
         ("pytorch-cuda:2.14.1-cuda13.0-runtime", "debian:bookworm-slim"),
+        ("pytorch-cuda:2.14.1-cuda13.0-jupyter", "pytorch-cuda:2.14.1-cuda13.0-runtime"),
+        ("pytorch-cuda:2.14.1-cuda13.0-ssh", "pytorch-cuda:2.14.1-cuda13.0-runtime"),
         ("pytorch-cuda:2.14.1-cuda13.0-runtime-arm64", "arm64v8/debian:bookworm-slim"),
+        # The variants build FROM the runtime of their own platform.
+        ("pytorch-cuda:2.14.1-cuda13.0-jupyter-arm64", "pytorch-cuda:2.14.1-cuda13.0-runtime-arm64"),
+        ("pytorch-cuda:2.14.1-cuda13.0-ssh-arm64", "pytorch-cuda:2.14.1-cuda13.0-runtime-arm64"),
     ]
 
 
@@ -124,8 +130,8 @@ def test_ci_matrix_for_arm64_has_the_lines_with_aarch64_cuda_wheels():
     assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)["include"]
     # images/matrix.json: torch 2.11.0 to 2.14.1 (CUDA 13.0) and 2.15.0 (CUDA 13.2) have aarch64 CUDA wheels.
-    assert [e["tag"] for e in entries] == [f"{t}-runtime-arm64" for t in (
+    assert [e["tag"] for e in entries] == [f"{t}-{variant}-arm64" for t in (
         "2.11.0-cuda13.0", "2.12.0-cuda13.0", "2.12.1-cuda13.0", "2.13.0-cuda13.0", "2.14.0-cuda13.0",
-        "2.14.1-cuda13.0", "2.15.0-cuda13.2")]
+        "2.14.1-cuda13.0", "2.15.0-cuda13.2") for variant in ("runtime", "jupyter", "ssh")]
     assert {e["platform"] for e in entries} == {"linux/arm64"}
     assert all(e["build_args"].endswith("--platform linux/arm64") for e in entries)

@@ -13,9 +13,9 @@ triton==3.7.0 \\
 """
 
 
-def _runtime_spec(cuda: str) -> plan.ImageSpec:
+def _runtime_spec(cuda: str, variant: str = "runtime") -> plan.ImageSpec:
     m = matrix.load()
-    return plan.image_specs(m, [m.resolve(cuda=cuda)], variants=("runtime",))[0]
+    return plan.image_specs(m, [m.resolve(cuda=cuda)], variants=(variant,))[0]
 
 
 def test_the_difference_names_each_package_that_differs_with_both_versions():
@@ -56,3 +56,7 @@ def test_the_newest_cuda_13_release_resolves_the_same_on_both_platforms_from_pyp
     text = lock.lock_text(spec, (), None)
     assert lockfile.pins_of(text)["torch"] == spec.build.torch
     assert matrix.ARM64 in spec.build.platforms
+    # JupyterLab, resolved against the runtime's lock, as `lock` does it.
+    jupyter = _runtime_spec("13.0", "jupyter")
+    text = lock.lock_text(jupyter, matrix.load().variant_packages["jupyter"], jupyter.directory / "runtime.lock")
+    assert "jupyterlab" in lockfile.pins_of(text)
