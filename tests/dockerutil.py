@@ -153,6 +153,7 @@ def removing_new_images(client: docker.DockerClient) -> contextlib.AbstractConte
 
 
 REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"
+REGISTRY_CONTEXT = Path(__file__).parent / "registry"
 
 
 def _free_port() -> int:
@@ -167,11 +168,19 @@ def _free_port() -> int:
 def local_registry(client: docker.DockerClient) -> Iterator[tuple[str, str, object]]:
     """A fresh, empty Distribution registry on 127.0.0.1 (the engine trusts loopback registries
     over plain HTTP): yields (address, url, its container). Removed with its storage afterwards."""
+    import re
+
     import docker.errors
     import requests
 
-    client.images.build(path=str(Path(__file__).parent / "registry"), tag=REGISTRY_IMAGE, rm=True,
-                        forcerm=True, pull=False)
+    from pytorch_cuda import baseimage
+    from pytorch_cuda.engine import DockerEngine
+
+    # Its base as every build gets it: pulled, or made from Debian's packages on a machine that has
+    # built nothing yet (no registry reachable).
+    base = re.search(r"^FROM (\S+)", (REGISTRY_CONTEXT / "Dockerfile").read_text(), re.M).group(1)
+    baseimage.ensure_base_image(DockerEngine(client), base, say=lambda line: None)
+    client.images.build(path=str(REGISTRY_CONTEXT), tag=REGISTRY_IMAGE, rm=True, forcerm=True, pull=False)
     port = _free_port()
     try:
         with container(client, REGISTRY_IMAGE, ports={"5000/tcp": ("127.0.0.1", port)}) as box:

@@ -73,7 +73,9 @@ def both_platforms(docker_client, real_matrix) -> Iterator[dict]:
     missing = _qemu_aarch64()
     if missing:
         pytest.skip(f"cannot run aarch64 code here: {missing}")
-    with removing_new_images(docker_client), local_registry(docker_client) as (address, url, _):
+    # The registry first: on a machine that has built nothing yet it makes debian:bookworm-slim, which
+    # the tests after this module use too; removing_new_images then removes only what build.py made.
+    with local_registry(docker_client) as (address, url, _), removing_new_images(docker_client):
         prefix = f"{address}/team"
         started = time.monotonic()
         result = build_py("--cuda", CUDA, "--platform", "linux/amd64,linux/arm64", "--no-alias", "--registry", prefix,
