@@ -209,6 +209,8 @@ def ci_matrix(specs: list[ImageSpec]) -> dict[str, Any]:
         {
             "tag": refs.tag_of(spec.tag), "stem": spec.stem, "variant": spec.variant,
             "torch": spec.build.torch, "cuda": spec.build.cuda, "python": spec.python, "platform": spec.platform,
+            # of the published tag (an index where more than one): devel is linux/amd64's alone so far
+            "platforms": ",".join(p for p in spec.build.platforms if p == AMD64 or spec.variant in OTHER_PLATFORM_VARIANTS),
             "alias": refs.tag_of(spec.aliases[0]) if spec.aliases else "",
             "build_args": f"--torch {spec.build.torch} --cuda {spec.build.cuda} --python {spec.python}"
                           + (f" --platform {spec.platform}" if spec.platform_suffix else ""),

@@ -343,6 +343,8 @@ if args[0] == "run":  # write the report where the container's --json would
     shutil.copy(os.environ["FAKE_REPORT"], os.path.join(source, os.path.basename(report)))
 if args[:2] == ["image", "inspect"] and "--format" in args:
     print(args[-1].rsplit(":", 1)[0] + "@sha256:" + "ab" * 32)
+if args[:4] == ["buildx", "imagetools", "inspect", "--raw"]:  # what the registry holds under that digest
+    print(open(os.environ["FAKE_INDEX"]).read())
 """
 FAKE_NVIDIA_SMI = """#!/bin/sh
 echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"
@@ -425,6 +427,41 @@ def test_the_verify_job_of_one_tag_names_that_tags_image(tmp_path):
     assert {"name": f"verify-{tag}", "path": f"reports/{tag}/"} in uses.values()
     assert {"registry": "${{ env.REGISTRY }}", "username": "${{ github.actor }}",
             "password": "${{ secrets.GITHUB_TOKEN }}"} in uses.values()
+    assert entry["platforms"] == "linux/amd64" and not any(call[:3] == ["buildx", "imagetools", "inspect"] for call in calls)
+
+
+def _manifest_list(*platforms: str) -> str:
+    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{i:064x}", "size": 1000,
+         "platform": {"os": "linux", "architecture": platform.split("/")[1]}} for i, platform in enumerate(platforms)]})
+
+
+@pytest.mark.parametrize("registry_holds, moved", [
+    (_manifest_list("linux/amd64", "linux/arm64"), True),
+    # The arm64 build or the index job failed: the tag is still the amd64 image alone.
+    (json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}), False),
+    (_manifest_list("linux/amd64"), False),
+])
+def test_the_alias_of_a_tag_with_an_arm64_image_moves_only_to_its_index_of_both(registry_holds, moved, tmp_path):
+    """The alias gets what verify pulled: for a release with aarch64 wheels that must be the index of
+    both platforms, or Grace machines pulling the alias would get no image of theirs."""
+    entry = next(e for e in _ci_matrix() if e["alias"] and e["platforms"] == "linux/amd64,linux/arm64")
+    assert set(_needs(_jobs()["verify"])) == {"matrix", "build", "index"}  # the tags are indexes by then
+    _, step = _step(_jobs()["verify"], "imagetools create")
+    (tmp_path / "index.json").write_text(registry_holds)
+    log = tmp_path / "docker.log"
+    result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", _render(step["run"], entry)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PATH": f"{_fake_bin(tmp_path)}:{os.environ['PATH']}", "REGISTRY": REGISTRY,
+                                 "FAKE_LOG": str(log), "FAKE_INDEX": str(tmp_path / "index.json")})
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    digest = f"{REGISTRY}/pytorch-cuda@sha256:{'ab' * 32}"
+    assert ["buildx", "imagetools", "inspect", "--raw", digest] in calls
+    created = ["buildx", "imagetools", "create", "--tag", f"{REGISTRY}/pytorch-cuda:{entry['alias']}", digest]
+    assert (result.returncode == 0) is moved and (created in calls) is moved, result.stdout + result.stderr
+    if not moved:
+        assert f"::error::{entry['tag']} is not an index of linux/amd64,linux/arm64" in result.stdout
+        assert f"{entry['alias']} stays where it is" in result.stdout
 
 
 def test_the_nccl_job_of_one_torch_cuda_runs_its_runtime_image_and_tabulates_busbw(tmp_path):

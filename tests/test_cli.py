@@ -125,6 +125,19 @@ def test_ci_matrix_has_one_entry_per_tag_with_its_alias(real_matrix):
     assert {e["platform"] for e in entries} == {"linux/amd64"}
 
 
+def test_ci_matrix_entries_name_the_platforms_of_the_published_tag():
+    """What the verify job's alias move checks the pulled index against: both platforms where arm64
+    has the variant (CUDA 13 lines, all but devel), linux/amd64 alone everywhere else."""
+    result = build_py("--all", "--ci-matrix", env=NO_DAEMON)
+    assert result.returncode == 0, result.stderr
+    entries = json.loads(result.stdout)["include"]
+    both = {e["tag"] for e in entries if e["platforms"] == "linux/amd64,linux/arm64"}
+    assert both == {f"{t}-{v}" for t in ("2.11.0-cuda13.0", "2.12.0-cuda13.0", "2.12.1-cuda13.0", "2.13.0-cuda13.0",
+                                          "2.14.0-cuda13.0", "2.14.1-cuda13.0", "2.15.0-cuda13.2")
+                    for v in ("runtime", "jupyter", "ssh")}
+    assert {e["platforms"] for e in entries if e["tag"] not in both} == {"linux/amd64"}
+
+
 def test_ci_matrix_for_arm64_has_the_lines_with_aarch64_cuda_wheels():
     result = build_py("--all", "--platform", "linux/arm64", "--ci-matrix", env=NO_DAEMON)
     assert result.returncode == 0, result.stderr
