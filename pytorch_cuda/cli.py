@@ -133,8 +133,6 @@ def run(argv: list[str] | None = None) -> int:
     if beyond_amd64 and args.all:  # every tag that has wheels for all the platforms asked
         builds = [b for b in builds if all(p in b.platforms for p in platforms)]
     every: tuple[str, ...] = plan.VARIANTS if args.render or args.ci_matrix else plan.DEFAULT_VARIANTS
-    if beyond_amd64:  # arm64 has the runtime so far: a multi-platform tag needs both
-        every = plan.OTHER_PLATFORM_VARIANTS
     specs = [spec for platform in platforms
              for spec in plan.image_specs(m, builds, variants=tuple(args.variant or every), python=args.python,
                                           base_image=args.base, registry=args.registry, platform=platform)]

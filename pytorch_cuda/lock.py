@@ -77,12 +77,11 @@ def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Pat
             have = lockfile.pins(runtime_lock) if runtime_lock else {}
             wanted += [pin for pin in spec.build.devel.get("pip", ()) if _name(pin) not in have]
     body = compile_lock(wanted, spec.python, index_url, constraints=constraints)
-    if spec.variant in plan.OTHER_PLATFORM_VARIANTS:  # the variants other platforms build: one lock for all
-        for platform in spec.build.platforms:
-            if platform != matrix.AMD64:
-                other = compile_lock(wanted, spec.python, index_url, constraints=constraints, platform=platform)
-                if other != body:
-                    raise PytorchCudaError(platform_difference(spec.tag, platform, body, other))
+    for platform in spec.build.platforms:  # one lock serves every platform the tag is built for
+        if platform != matrix.AMD64:
+            other = compile_lock(wanted, spec.python, index_url, constraints=constraints, platform=platform)
+            if other != body:
+                raise PytorchCudaError(platform_difference(spec.tag, platform, body, other))
     return header(spec) + body
 
 

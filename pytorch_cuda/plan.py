@@ -24,10 +24,6 @@ IMAGE_UID = 1000
 # The image's group is root (gid 0), as OpenShift expects of images: a container started under any
 # uid gets group 0, and the venv and /workspace are group-writable, so `pip install` works for it too.
 IMAGE_GID = 0
-# The variants an image for another architecture than amd64 is built as: their RUN steps run under
-# QEMU when the build machine is x86_64 (jupyter's pip and ssh's apt too: small next to the runtime's
-# wheels, which the builder stage lays out natively). devel's CUDA compiler is not tested on arm64 yet.
-OTHER_PLATFORM_VARIANTS = ("runtime", "jupyter", "ssh")
 
 
 def architecture_of(platform: str) -> str:
@@ -149,11 +145,12 @@ def image_specs(
         if missing:
             raise UsageError(f"{missing[0].short()} has no CUDA wheels for {platform}; lines that have them: "
                              f"{matrix.lines_on(platform)}")
-        unsupported = [v for v in ordered if v not in OTHER_PLATFORM_VARIANTS]
-        if unsupported:
-            raise UsageError(f"--platform {platform} builds the {', '.join(OTHER_PLATFORM_VARIANTS)} variants, "
-                             f"not {', '.join(unsupported)} (linux/amd64 only so far): drop --variant "
-                             f"{' --variant '.join(unsupported)}")
+        # A devel image whose compiler comes from NVIDIA's apt repository (CUDA 12 lines) installs
+        # from its x86_64 repository; CUDA 13's compiler wheels exist for every platform.
+        apt_devel = [b for b in builds if b.devel.get("apt")] if "devel" in ordered else []
+        if apt_devel:
+            raise UsageError(f"{apt_devel[0].short()} takes its devel compiler from NVIDIA's x86_64 apt repository, "
+                             f"so its devel image is built for linux/amd64 only: drop --variant devel")
     specs = []
     for build in builds:
         py = matrix.python_for(build, python)
@@ -209,8 +206,8 @@ def ci_matrix(specs: list[ImageSpec]) -> dict[str, Any]:
         {
             "tag": refs.tag_of(spec.tag), "stem": spec.stem, "variant": spec.variant,
             "torch": spec.build.torch, "cuda": spec.build.cuda, "python": spec.python, "platform": spec.platform,
-            # of the published tag (an index where more than one): devel is linux/amd64's alone so far
-            "platforms": ",".join(p for p in spec.build.platforms if p == AMD64 or spec.variant in OTHER_PLATFORM_VARIANTS),
+            # of the published tag: an index where more than one
+            "platforms": ",".join(spec.build.platforms),
             "alias": refs.tag_of(spec.aliases[0]) if spec.aliases else "",
             "build_args": f"--torch {spec.build.torch} --cuda {spec.build.cuda} --python {spec.python}"
                           + (f" --platform {spec.platform}" if spec.platform_suffix else ""),

@@ -512,7 +512,7 @@ def test_arm64_is_built_natively_on_arm64_runners_and_joined_into_one_tag():
     built, step = _step(build, "--no-alias")
     assert "matrix.build_args" in step["run"]
     # Every variant arm64 has is built, audited, pushed, and made one tag with its amd64 image.
-    for variant in plan.OTHER_PLATFORM_VARIANTS:
+    for variant in plan.VARIANTS:
         assert f"--variant {variant}" in step["run"]
     audited, audit = _step(build, "build.py --audit")
     pushed, push = _step(build, "docker push")
@@ -524,7 +524,7 @@ def test_arm64_is_built_natively_on_arm64_runners_and_joined_into_one_tag():
     assert set(_needs(index)) == {"matrix", "build", "build-arm64"}
     run = _step(index, "imagetools create")[1]["run"]
     assert '--tag "$plain" "$plain-amd64" "$plain-arm64"' in run
-    variants_line = f"for variant in {' '.join(plan.OTHER_PLATFORM_VARIANTS)}; do"
+    variants_line = f"for variant in {' '.join(plan.VARIANTS)}; do"
     assert all(variants_line in text for text in (audit["run"], push["run"], run))
     verify = jobs["verify-arm64"]
     assert "ARM64" in verify["runs-on"] and "gpu" in verify["runs-on"]

@@ -38,9 +38,6 @@ def test_dry_run_prints_the_plan_without_docker(real_matrix):
     (["--cuda", "12.1", "--platform", "linux/arm64"],
      "torch 2.4.1 / CUDA 12.1 (pypi) has no CUDA wheels for linux/arm64; lines that have them: "
      "CUDA 13.0 (torch 2.11.0 to 2.14.1), CUDA 13.2 (torch 2.15.0)"),
-    (["--cuda", "13.0", "--platform", "linux/arm64", "--variant", "devel"],
-     "--platform linux/arm64 builds the runtime, jupyter, ssh variants, not devel (linux/amd64 only so far): "
-     "drop --variant devel"),
     (["--all", "--render", "--platform", "linux/arm64"], "--render writes the committed files"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message):
@@ -126,15 +123,15 @@ def test_ci_matrix_has_one_entry_per_tag_with_its_alias(real_matrix):
 
 
 def test_ci_matrix_entries_name_the_platforms_of_the_published_tag():
-    """What the verify job's alias move checks the pulled index against: both platforms where arm64
-    has the variant (CUDA 13 lines, all but devel), linux/amd64 alone everywhere else."""
+    """What the verify job's alias move checks the pulled index against: both platforms for every
+    variant of the lines with aarch64 CUDA wheels (CUDA 13), linux/amd64 alone everywhere else."""
     result = build_py("--all", "--ci-matrix", env=NO_DAEMON)
     assert result.returncode == 0, result.stderr
     entries = json.loads(result.stdout)["include"]
     both = {e["tag"] for e in entries if e["platforms"] == "linux/amd64,linux/arm64"}
     assert both == {f"{t}-{v}" for t in ("2.11.0-cuda13.0", "2.12.0-cuda13.0", "2.12.1-cuda13.0", "2.13.0-cuda13.0",
                                           "2.14.0-cuda13.0", "2.14.1-cuda13.0", "2.15.0-cuda13.2")
-                    for v in ("runtime", "jupyter", "ssh")}
+                    for v in ("runtime", "jupyter", "ssh", "devel")}
     assert {e["platforms"] for e in entries if e["tag"] not in both} == {"linux/amd64"}
 
 
@@ -145,6 +142,6 @@ def test_ci_matrix_for_arm64_has_the_lines_with_aarch64_cuda_wheels():
     # images/matrix.json: torch 2.11.0 to 2.14.1 (CUDA 13.0) and 2.15.0 (CUDA 13.2) have aarch64 CUDA wheels.
     assert [e["tag"] for e in entries] == [f"{t}-{variant}-arm64" for t in (
         "2.11.0-cuda13.0", "2.12.0-cuda13.0", "2.12.1-cuda13.0", "2.13.0-cuda13.0", "2.14.0-cuda13.0",
-        "2.14.1-cuda13.0", "2.15.0-cuda13.2") for variant in ("runtime", "jupyter", "ssh")]
+        "2.14.1-cuda13.0", "2.15.0-cuda13.2") for variant in ("runtime", "jupyter", "ssh", "devel")]
     assert {e["platform"] for e in entries} == {"linux/arm64"}
     assert all(e["build_args"].endswith("--platform linux/arm64") for e in entries)

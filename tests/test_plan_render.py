@@ -11,6 +11,7 @@ import jinja2
 import pytest
 
 from pytorch_cuda import lockfile, matrix, plan, render
+from pytorch_cuda.errors import UsageError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "matrix.json"
 
@@ -156,6 +157,27 @@ def test_devel_images_point_cuda_home_at_their_toolkit_and_default_the_arch_list
     assert "PIP_CA_CERT" not in final and "gnupg" not in final
     assert json.loads(render.render_manifest(cuda12))["toolkit"] == "12.1.105"
     assert cuda124.manifest.parent.name == "devel" and cuda124.lock.name == "devel.lock"
+
+
+def test_devel_from_nvidia_s_apt_repository_is_refused_for_arm64():
+    """A CUDA 12 devel image takes nvcc from NVIDIA's x86_64 apt repository: even a line that had
+    aarch64 wheels could not build it for arm64, and says so in one line."""
+    real = matrix.load()
+    cuda12 = replace(real.resolve(cuda="12.1"), arm64=real.resolve(cuda="13.0").arm64)
+    assert cuda12.devel.get("apt") and matrix.ARM64 in cuda12.platforms
+    plan.image_specs(real, [cuda12], variants=("runtime",), platform=matrix.ARM64)  # the runtime is fine
+    with pytest.raises(UsageError, match=r"CUDA 12.1 .*NVIDIA's x86_64 apt repository, .*linux/amd64 only: drop --variant devel"):
+        plan.image_specs(real, [cuda12], variants=("runtime", "devel"), platform=matrix.ARM64)
+
+
+def test_devel_from_pypi_wheels_builds_for_arm64_with_the_aarch64_archs():
+    real = matrix.load()
+    build = real.resolve(cuda="13.0")
+    spec = plan.image_specs(real, [build], variants=("devel",), platform=matrix.ARM64)[0]
+    assert spec.tag.endswith("-devel-arm64") and spec.base_image == "arm64v8/debian:bookworm-slim"
+    text = render.render_dockerfile(spec)
+    assert f'TORCH_CUDA_ARCH_LIST="{render.torch_arch_list(build.arm64.archs)}"' in text
+    assert "AS toolkit" not in text
 
 
 def test_devel_from_pypi_wheels_links_libcudart_for_the_extension_linker():
