@@ -8,7 +8,7 @@ import pytest
 
 from pytorch_cuda import matrix, plan
 
-from .dockerutil import TrackedContainers, build_py
+from .dockerutil import TrackedContainers, build_py, local_registry
 
 BUILD_CUDA = "12.1"  # the integration build: PyPI's newest torch for CUDA 12.1
 
@@ -70,3 +70,14 @@ def built(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
     built = {spec.variant: spec for spec in specs}
     built["_output"] = result.stdout + result.stderr  # type: ignore[assignment]
     return built
+
+
+@pytest.fixture(scope="session")
+def registry(docker_client) -> Iterator[tuple[str, str, object]]:
+    """One local registry for the session's pushes of the CUDA 12.1 images: (address, url, container).
+
+    Shared so that the 2.4.1 runtime is compressed and uploaded once (about 3 GB): a second push of
+    the same layers to another repository of it is a cross-repository mount.
+    """
+    with local_registry(docker_client) as found:
+        yield found

@@ -1,6 +1,6 @@
 """Base images made offline for another architecture: the `docker load` archive's config names it.
 
-That the archive loads and runs as arm64 is shown with the real engine by tests/test_arm64.py."""
+That the archive loads and runs as arm64 is shown with the real engine by tests/cuda13/test_arm64.py."""
 from __future__ import annotations
 
 import hashlib

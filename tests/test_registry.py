@@ -1,4 +1,5 @@
-"""Push to a real registry and pull by digest; the alias moves only after verify passed."""
+"""Push to a real registry (the session's, conftest.py) and pull by digest; the alias moves only after
+verify passed."""
 from __future__ import annotations
 
 import contextlib
@@ -7,18 +8,12 @@ import docker.errors
 import pytest
 import requests
 
-from .dockerutil import build_py, local_registry
+from .dockerutil import build_py
 
 pytestmark = [pytest.mark.docker, pytest.mark.release]
 
-@pytest.fixture(scope="module")
-def registry(docker_client, built):
-    with local_registry(docker_client) as (address, url, _):
-        yield address, url
-
-
 def test_push_verify_then_pull_by_digest(registry, built, docker_client):
-    address, url = registry
+    address, url, _ = registry
     spec = built["runtime"]
     prefix = f"{address}/team"
     pushed = f"{prefix}/{spec.tag}"

@@ -1,19 +1,18 @@
-"""linux/arm64 images built on this x86_64 machine: the CUDA 13.0 runtime for Grace machines (GH200,
-GB200, GB10), its wheels laid out natively by uv and its RUN steps run through QEMU user emulation,
-then both platforms pushed to a real registry as one multi-platform tag. torch and verify run in the
-arm64 image under emulation too (CPU checks; GPU checks need an arm64 GPU machine).
+"""linux/arm64 images built on this x86_64 machine: the CUDA 13.0 images for Grace machines (GH200,
+GB200, GB10), their wheels laid out natively by uv and their RUN steps run through QEMU user
+emulation, then both platforms pushed to a real registry as one multi-platform tag per variant
+(conftest.py builds them once for this package). torch, verify, Jupyter, SSH and the devel image's
+nvcc run in the arm64 images under emulation too (CPU checks; GPU checks need an arm64 GPU machine).
 
 Needs the kernel's binfmt_misc to run aarch64 binaries (.ci/run registers QEMU 10's qemu-user-static,
-from bookworm-backports, with the F flag, so it works inside containers); without it the module skips and says why. Every
-image it makes is removed afterwards: two CUDA 13 images and their builder stages are about 25 GB.
+from bookworm-backports, with the F flag, so it works inside containers); without it the module
+skips and says why.
 """
 from __future__ import annotations
 
 import json
 import secrets
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,13 +20,12 @@ import requests
 from pytorch_cuda import matrix, plan
 from pytorch_cuda.engine import DockerEngine
 
-from .clients import SshClient, published_port, run_in_kernel, wait_for_jupyter
-from .dockerutil import build_py, container, local_registry, removing_new_images
+from ..clients import SshClient, published_port, run_in_kernel, wait_for_jupyter
+from ..dockerutil import container
 
 pytestmark = pytest.mark.docker
 
 CUDA = "13.0"
-BINFMT = Path("/proc/sys/fs/binfmt_misc")
 INDEX_TYPES = ("application/vnd.docker.distribution.manifest.list.v2+json", "application/vnd.oci.image.index.v1+json")
 MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.oci.image.manifest.v1+json")
 
@@ -53,49 +51,18 @@ print(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "cu
 '''
 
 
-def _qemu_aarch64() -> str:
-    """Why aarch64 binaries cannot run here, or '' when they can."""
-    entry = BINFMT / "qemu-aarch64"
-    if not entry.exists():
-        return "binfmt_misc has no qemu-aarch64 entry (bash .ci/run registers Debian's qemu-user-static)"
-    text = entry.read_text()
-    if "enabled" not in text.splitlines()[0]:
-        return "binfmt_misc's qemu-aarch64 entry is disabled"
-    if "F" not in next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("flags:")), ""):
-        return "binfmt_misc's qemu-aarch64 entry lacks the F flag, so containers cannot find the emulator"
-    return ""
-
-
 @pytest.fixture(scope="module")
-def both_platforms(docker_client, real_matrix) -> Iterator[dict]:
-    """`build.py --cuda 13.0 --platform linux/amd64,linux/arm64 --registry ... --push`, once: runtime,
-    jupyter and ssh for both platforms, as a user would build them."""
-    missing = _qemu_aarch64()
-    if missing:
-        pytest.skip(f"cannot run aarch64 code here: {missing}")
-    # The registry first: on a machine that has built nothing yet it makes debian:bookworm-slim, which
-    # the tests after this module use too; removing_new_images then removes only what build.py made.
-    with local_registry(docker_client) as (address, url, _), removing_new_images(docker_client):
-        prefix = f"{address}/team"
-        started = time.monotonic()
-        result = build_py("--cuda", CUDA, "--platform", "linux/amd64,linux/arm64", "--no-alias", "--registry", prefix,
-                          "--push", timeout=3600)
-        seconds = time.monotonic() - started
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        build = real_matrix.resolve(cuda=CUDA)
-        specs = {(spec.platform, spec.variant): spec for platform in matrix.PLATFORMS
-                 for spec in plan.image_specs(real_matrix, [build], variants=plan.OTHER_PLATFORM_VARIANTS,
-                                              registry=prefix, platform=platform)}
-        print(f"\nbuild.py, both platforms of {build.torch}-cuda{CUDA} built and pushed in {seconds:.0f} s:\n"
-              f"{result.stdout[-1500:]}")
-        yield {"specs": specs, "url": url, "prefix": prefix, "output": result.stdout + result.stderr,
-               "build": build}
+def both_platforms(cuda13) -> dict:
+    """The package's CUDA 13.0 images (conftest.py): every variant for both platforms, pushed."""
+    if cuda13["no_arm64"]:
+        pytest.skip(f"cannot run aarch64 code here: {cuda13['no_arm64']}")
+    return cuda13
 
 
 def test_the_arm64_image_config_says_arm64(both_platforms, docker_client):
     engine = DockerEngine(docker_client)
     specs = both_platforms["specs"]
-    for variant in plan.OTHER_PLATFORM_VARIANTS:
+    for variant in plan.VARIANTS:
         assert engine.architecture(specs[matrix.ARM64, variant].tag) == "arm64", variant
         assert engine.architecture(specs[matrix.AMD64, variant].tag) == "amd64", variant
     labels = engine.labels(specs[matrix.ARM64, "runtime"].tag)
@@ -173,11 +140,36 @@ def test_the_arm64_ssh_login_runs_aarch64_cuda_torch(both_platforms, docker_clie
     assert result.stdout.split()[-2:] == ["aarch64", CUDA], result.stdout
 
 
+# A kernel compiled by the arm64 devel image's own nvcc (the aarch64 compiler wheels, run under
+# emulation) for Grace Hopper (GH200: sm_90) and Grace Blackwell (GB200: sm_100).
+GRACE_KERNEL = r'''
+set -eu
+verify --only toolchain
+printf '__global__ void add_one(float *x) { x[threadIdx.x] += 1.0f; }\n' > /tmp/k.cu
+nvcc -gencode arch=compute_90,code=sm_90 -gencode arch=compute_100,code=sm_100 -c /tmp/k.cu -o /tmp/k.o
+cuobjdump --list-elf /tmp/k.o
+python -c "import shutil; elf = open(shutil.which('nvcc'), 'rb').read(20); print('nvcc e_machine', int.from_bytes(elf[18:20], 'little'))"
+'''
+
+
+def test_the_arm64_devel_image_compiles_kernels_for_grace_gpus_under_emulation(both_platforms, containers):
+    started = time.monotonic()
+    code, output = containers.run(both_platforms["specs"][matrix.ARM64, "devel"].tag, ["sh", "-c", GRACE_KERNEL],
+                                  timeout=1500, entrypoint="", environment={"QEMU_CPU": EMULATED_CPU})
+    print(f"\narm64 devel: verify's toolchain check and nvcc for sm_90 + sm_100 under emulation: "
+          f"{time.monotonic() - started:.0f} s")
+    assert code == 0, output
+    assert "compiled a kernel for sm_80" in output, output  # verify's own toolchain check
+    for sm in ("sm_90", "sm_100"):
+        assert f".{sm}." in output or f"{sm}.cubin" in output, f"no SASS for {sm}:\n{output}"
+    assert "nvcc e_machine 183" in output, output  # EM_AARCH64: the compiler itself is an aarch64 binary
+
+
 def test_one_tag_per_variant_in_the_registry_pulls_the_amd64_image_here(both_platforms, docker_client):
     specs, url, prefix = both_platforms["specs"], both_platforms["url"], both_platforms["prefix"]
     repository = "team/pytorch-cuda"
     accept = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
-    plains = [specs[matrix.AMD64, variant].tag.rsplit(":", 1)[1] for variant in plan.OTHER_PLATFORM_VARIANTS]
+    plains = [specs[matrix.AMD64, variant].tag.rsplit(":", 1)[1] for variant in plan.VARIANTS]
     for plain in plains:
         index = requests.get(f"{url}/v2/{repository}/manifests/{plain}", headers={"Accept": accept}, timeout=30)
         assert index.status_code == 200 and index.headers["Content-Type"] in INDEX_TYPES, index.text[:500]
