@@ -170,9 +170,11 @@ def test_one_tag_per_variant_in_the_registry_pulls_the_amd64_image_here(both_pla
     repository = "team/pytorch-cuda"
     accept = ", ".join((*INDEX_TYPES, *MANIFEST_TYPES))
     plains = [specs[matrix.AMD64, variant].tag.rsplit(":", 1)[1] for variant in plan.VARIANTS]
+    index_digests = {}
     for plain in plains:
         index = requests.get(f"{url}/v2/{repository}/manifests/{plain}", headers={"Accept": accept}, timeout=30)
         assert index.status_code == 200 and index.headers["Content-Type"] in INDEX_TYPES, index.text[:500]
+        index_digests[plain] = index.headers["Docker-Content-Digest"]
         listed = {(m["platform"]["os"], m["platform"]["architecture"]): m["digest"]
                   for m in index.json()["manifests"]}
         assert set(listed) == {("linux", "amd64"), ("linux", "arm64")}, plain
@@ -190,3 +192,7 @@ def test_one_tag_per_variant_in_the_registry_pulls_the_amd64_image_here(both_pla
     pulled = docker_client.images.pull(f"{prefix}/pytorch-cuda", tag=runtime.rsplit(":", 1)[1])
     assert pulled.attrs["Architecture"] == "amd64"
     assert pulled.id == local_amd64
+    # What the verify job's alias move relies on: a pull by tag through an index records the index's
+    # digest, so the alias made from it is the multi-platform index and not the amd64 image alone.
+    plain = runtime.rsplit(":", 1)[1]
+    assert f"{prefix}/pytorch-cuda@{index_digests[plain]}" in pulled.attrs["RepoDigests"], pulled.attrs["RepoDigests"]
