@@ -1,11 +1,12 @@
 """arm64 beside amd64, measured in one run on this machine: cold build time and image size of one
-CUDA 13 runtime for each platform. On an x86_64 machine the arm64 build runs its final stage's RUN
-steps under QEMU user emulation (its wheels are laid out natively by uv). Prints; asserts nothing.
+CUDA 13 runtime for each platform, and of the devel image on top of it. On an x86_64 machine the
+arm64 runtime's wheels are laid out natively by uv and its final stage's RUN steps run under QEMU
+user emulation; arm64 devel runs pip and its toolchain check under emulation too. Prints; asserts nothing.
 
     .venv/bin/python benchmarks/arm64_bench.py [--cuda 13.0]
 
 Both builds use --no-cache under a throwaway registry prefix, and every image they make is removed
-afterwards (two CUDA images and their builder stages: about 25 GB while it runs).
+afterwards (four CUDA images and their builder stages: about 30 GB while it runs).
 """
 from __future__ import annotations
 
@@ -43,6 +44,11 @@ def main() -> None:
             sizes[platform] = image.attrs["Size"]
             figures.append((f"{platform} cold build", f"{seconds:.0f} s"))
             figures.append((f"{platform} size", f"{sizes[platform] / 1e9:.2f} GB ({image.attrs['Architecture']})"))
+            seconds, _ = build_py("--torch", build.torch, "--cuda", build.cuda, "--platform", platform,
+                                  "--variant", "devel", "--no-alias", "--no-cache", "--registry", BENCH_REGISTRY)
+            devel = plan.image_specs(m, [build], variants=("devel",), registry=BENCH_REGISTRY, platform=platform)[0]
+            added = client.images.get(devel.tag).attrs["Size"] - sizes[platform]
+            figures.append((f"{platform} devel on it, cold", f"{seconds:.0f} s, +{added / 1e6:.0f} MB"))
         figures.append(("arm64 / amd64 size", f"{sizes[matrix.ARM64] / sizes[matrix.AMD64]:.2f}"))
     print_figures(f"arm64 beside amd64: {build.torch}-cuda{build.cuda} runtime, measured {time.strftime('%Y-%m-%d')}",
                   figures)
