@@ -26,6 +26,10 @@ from .errors import BaseImageError, BuildFailed, DockerUnavailable, PushFailed, 
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the builder colours a step's stderr
+# The classic builder's failure quotes the whole RUN command (kilobytes for the pip step); the step
+# is already named, so only its exit code is worth a line.
+_FAILED_COMMAND = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
+_OUR_ERROR = "pytorch-cuda: error: "  # how the templates' own checks stop a step
 LOG_TAIL_LINES = 30
 
 
@@ -67,11 +71,15 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _said(tail: Iterable[str]) -> str:
-    """What our own build steps said when they stopped ('pytorch-cuda: error: ...'): clearer than the
-    builder's 'returned a non-zero code'."""
-    said = [line.split("pytorch-cuda: error: ", 1)[1] for line in tail if "pytorch-cuda: error: " in line]
-    return said[-1] if said else ""
+def failure_message(message: str, tail: Iterable[str] = ()) -> str:
+    """A failed step told in one short line. Our own steps' words come first ('pytorch-cuda: error:
+    ...' at the start of a line: the step's echoed command also holds the text, mid-line); else the
+    builder's error, where a failed RUN becomes its exit code rather than its whole command."""
+    said = [line.strip()[len(_OUR_ERROR):] for line in tail if line.strip().startswith(_OUR_ERROR)]
+    if said:
+        return said[-1]
+    failed = _FAILED_COMMAND.match(message.strip())
+    return f"its command exited with code {failed.group(1)}" if failed else _one_line(message)
 
 
 class DockerEngine:
@@ -97,7 +105,7 @@ class DockerEngine:
             for chunk in stream:
                 if "error" in chunk:
                     message = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                    raise BuildFailed(tag, step, _said(tail) or _one_line(message), list(tail))
+                    raise BuildFailed(tag, step, failure_message(message, tail), list(tail))
                 for line in _ANSI.sub("", chunk.get("stream", "")).splitlines():
                     line = line.rstrip()
                     if not line:

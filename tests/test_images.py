@@ -11,7 +11,7 @@ import pytest
 from pytorch_cuda import ca, lockfile
 from verify.packages import canonical
 
-from .dockerutil import TrackedContainers, build_py, removing_new_dangling_images
+from .dockerutil import TrackedContainers, build_failure, build_py, removing_new_dangling_images
 
 pytestmark = pytest.mark.docker
 
@@ -149,6 +149,11 @@ def test_failing_step_leaves_no_tag(built, docker_client):
                           "--index-url", "http://127.0.0.1:9/simple", timeout=900)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed" in result.stdout and "skipped" in result.stdout  # summary: runtime failed, variants skipped
+    # One short line names the step and its exit code (not the kilobytes of the pip step's command);
+    # pip's own words are in the log lines shown above it.
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: build of")]
+    assert error.endswith("its command exited with code 1") and len(error) < 300, error
+    assert "127.0.0.1" in "\n".join(line for line in result.stderr.splitlines() if line.startswith("    | "))
     assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
 
 
@@ -186,7 +191,7 @@ def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_
         try:
             result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
                               "--no-cache", "--no-alias", "--registry", registry, timeout=2400)
-            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            assert result.returncode == 0, build_failure(result)
             assert _freeze(containers, again) == _freeze(containers, spec.tag)
             assert docker_client.images.get(again).labels == docker_client.images.get(spec.tag).labels
             # Deterministic layers: the base, every component layer of the plan and the verify

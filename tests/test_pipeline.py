@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytorch_cuda import matrix, pipeline, plan
-from pytorch_cuda.engine import BuildEvents
+from pytorch_cuda.engine import BuildEvents, failure_message
 from pytorch_cuda.errors import BuildFailed
 from pytorch_cuda.progress import Progress
 
@@ -198,3 +198,32 @@ def test_the_build_context_is_the_same_bytes_every_time(m):
     first, second = pipeline.make_context(files).getvalue(), pipeline.make_context(dict(reversed(files.items()))).getvalue()
     assert first == second  # same cache keys whatever the order or the checkout's mtimes
     assert spec.dockerfile.name == "Dockerfile"
+
+
+@pytest.mark.parametrize(("builder_says", "line"), [
+    # Docker 20.10's classic builder quotes the whole RUN command: kilobytes for the pip step.
+    ("The command '/bin/sh -c set -eu; if [ -n \"${PIP_CA_CERT}\" ]; then\n  pip install -r /tmp/r.lock; fi' "
+     "returned a non-zero code: 1", "its command exited with code 1"),
+    ("The command '/bin/sh -c exit 100' returned a non-zero code: 100", "its command exited with code 100"),
+    ("COPY failed: file not found in build context or excluded by .dockerignore:\n stat x: no such file",
+     "COPY failed: file not found in build context or excluded by .dockerignore: stat x: no such file"),
+])
+def test_a_failed_step_is_told_in_one_short_line(builder_says, line):
+    assert failure_message(builder_says) == line
+
+
+_PIP_FAILED = "The command '/bin/sh -c pip install -r /tmp/r.lock' returned a non-zero code: 1"
+
+
+def test_our_own_steps_words_come_before_the_builders():
+    tail = ["Step 4/9 : ARG TARGETARCH", "Step 5/9 : RUN case \"${TARGETARCH}\" in amd64) ;;"
+            " *) echo \"pytorch-cuda: error: no wheels for TARGETARCH=${TARGETARCH}\" >&2; exit 1 ;; esac",
+            " ---> Running in 0123456789ab", "pytorch-cuda: error: no wheels for TARGETARCH=riscv64"]
+    assert failure_message(_PIP_FAILED, tail) == "no wheels for TARGETARCH=riscv64"
+
+
+def test_the_echoed_command_is_not_taken_for_what_the_step_said():
+    # The Step line quotes the command, marker and all, mid-line; pip's own failure said nothing of ours.
+    tail = ["Step 5/9 : RUN case x in *) echo \"pytorch-cuda: error: no wheels\" >&2 ;; esac; pip install",
+            "ERROR: Could not find a version that satisfies the requirement torch==2.4.1"]
+    assert failure_message(_PIP_FAILED, tail) == "its command exited with code 1"
