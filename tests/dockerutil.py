@@ -28,6 +28,14 @@ def build_py(*args: str, timeout: int = 3600, env: dict | None = None) -> subpro
     )
 
 
+def build_failure(result: subprocess.CompletedProcess) -> str:
+    """What a failed build.py run said about its failure: the failed step's log lines and the error lines,
+    which the summary table printed after them would push out of a plain tail of stdout."""
+    said = [line for line in (result.stdout + result.stderr).splitlines()
+            if line.startswith(("    | ", "error:"))]
+    return "\n".join(said[-40:]) + "\n" + result.stdout[-1500:] + result.stderr[-2000:]
+
+
 @contextlib.contextmanager
 def container(client: docker.DockerClient, image: str, command=None, **kwargs) -> Iterator:
     """Start a detached container; force-remove it whatever happens, printing its log on failure.

@@ -13,7 +13,7 @@ import requests
 
 from pytorch_cuda import plan
 
-from .dockerutil import build_py, registry_bytes, removing_new_dangling_images
+from .dockerutil import build_failure, build_py, registry_bytes, removing_new_dangling_images
 
 pytestmark = [pytest.mark.docker, pytest.mark.release]
 
@@ -39,7 +39,7 @@ def test_tags_with_the_same_nvidia_pins_share_layers_and_the_second_push_is_smal
     with removing_new_dangling_images(docker_client):
         try:
             result = build_py("--torch", "2.4.0", "--cuda", "12.1", "--variant", "runtime", "--no-alias", timeout=2400)
-            assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+            assert result.returncode == 0, build_failure(result)
             old_layers = docker_client.images.get(older.tag).attrs["RootFS"]["Layers"]
             new_layers = docker_client.images.get(newer.tag).attrs["RootFS"]["Layers"]
             # base, then the NVIDIA layers, then triton and the other packages: the same bytes

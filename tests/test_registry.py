@@ -8,7 +8,7 @@ import docker.errors
 import pytest
 import requests
 
-from .dockerutil import build_py
+from .dockerutil import build_failure, build_py
 
 pytestmark = [pytest.mark.docker, pytest.mark.release]
 
@@ -22,7 +22,7 @@ def test_push_verify_then_pull_by_digest(registry, built, docker_client):
     try:
         result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
                           "--registry", prefix, "--verify", "--push", timeout=2400)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert result.returncode == 0, build_failure(result)
         assert "passed" in result.stdout and f"pushing {pushed} {alias}" in result.stderr
 
         tags = requests.get(f"{url}/v2/team/pytorch-cuda/tags/list", timeout=10).json()["tags"]

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from .dockerutil import TrackedContainers, build_py
+from .dockerutil import TrackedContainers, build_failure, build_py
 
 pytestmark = pytest.mark.docker
 
@@ -94,7 +94,7 @@ def test_require_gpu_fails_on_this_machine(built, containers):
 
 def test_build_py_verify_shows_results_in_summary(built):
     result = build_py("--cuda", built["runtime"].build.cuda, "--variant", "runtime", "--verify", timeout=900)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, build_failure(result)
     summary_row = next(line for line in result.stdout.splitlines() if line.startswith(built["runtime"].tag))
     assert "passed" in summary_row
 

@@ -15,7 +15,7 @@ import pytest
 
 from pytorch_cuda import matrix, plan
 
-from ..dockerutil import build_py, local_registry, removing_new_images
+from ..dockerutil import build_failure, build_py, local_registry, removing_new_images
 
 CUDA = "13.0"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -50,7 +50,7 @@ def cuda13(docker_client, real_matrix) -> Iterator[dict]:
         result = build_py("--cuda", CUDA, "--platform", ",".join(platforms), *variants, "--no-alias",
                           "--registry", prefix, "--push", timeout=5400)
         seconds = time.monotonic() - started
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.returncode == 0, build_failure(result)
         build = real_matrix.resolve(cuda=CUDA)
         specs = {(spec.platform, spec.variant): spec for platform in platforms
                  for spec in plan.image_specs(real_matrix, [build], variants=plan.VARIANTS, registry=prefix,
