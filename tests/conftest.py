@@ -8,7 +8,7 @@ import pytest
 
 from pytorch_cuda import matrix, plan
 
-from .dockerutil import TrackedContainers, build_py, local_registry
+from .dockerutil import TrackedContainers, build_failure, build_py, local_registry
 
 BUILD_CUDA = "12.1"  # the integration build: PyPI's newest torch for CUDA 12.1
 
@@ -65,7 +65,7 @@ def built(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
     by other tests are removed by those tests.
     """
     result = build_py("--cuda", BUILD_CUDA, timeout=3600)
-    assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{build_failure(result)}"
     specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])
     built = {spec.variant: spec for spec in specs}
     built["_output"] = result.stdout + result.stderr  # type: ignore[assignment]
