@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from . import refs
+from . import hostlock, refs
 from .errors import BaseImageError
 
 if TYPE_CHECKING:  # the engine is handed in: this module needs no Docker SDK
@@ -213,6 +213,16 @@ def ensure_base_image(
     """
     if not make and engine.exists(image) and (architecture is None or engine.architecture(image) == architecture):
         return "local"
+    # Two build.py started together must not both make (or pull) the same image: the second waits,
+    # then finds it (unless it was asked to make it anew).
+    with hostlock.held(f"base-{image}-{architecture or 'native'}"):
+        if not make and engine.exists(image) and (architecture is None or engine.architecture(image) == architecture):
+            return "local"
+        return _pull_or_make(engine, image, make, mirror, say, architecture)
+
+
+def _pull_or_make(engine: Engine, image: str, make: bool, mirror: str, say: Callable[[str], None],
+                  architecture: str | None) -> str:
     if not make:
         reason = engine.pull(image)
         if reason is None and (architecture is None or engine.architecture(image) == architecture):

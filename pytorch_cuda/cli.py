@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import ca, matrix, plan, render, tables
+from . import ca, matrix, plan, render, tables, wheelcache
 from .errors import MatrixError, PytorchCudaError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -52,7 +52,11 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--list", action="store_true", help="print the supported matrix and exit")
     how.add_argument("--matrix", type=Path, default=matrix.MATRIX_FILE, help=argparse.SUPPRESS)
     how.add_argument("--templates", type=Path, default=render.TEMPLATES_DIR, help=argparse.SUPPRESS)
-    how.add_argument("--no-cache", action="store_true", help="build without the layer cache")
+    how.add_argument("--no-cache", action="store_true", help="build without the layer cache (the wheel cache still serves)")
+    how.add_argument("--no-wheel-cache", action="store_true",
+                     help="pip in the build downloads its wheels itself. Otherwise they are downloaded once (hashes "
+                          "checked) into $PYTORCH_CUDA_WHEEL_CACHE (default ~/.cache/pytorch-cuda/wheels; delete it to "
+                          "clear) and served to builds from 127.0.0.1:$PYTORCH_CUDA_WHEEL_CACHE_PORT (38741)")
     how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
     how.add_argument("--no-alias", action="store_true", help="do not apply the short vX.Y aliases (CI moves them)")
     how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON and exit")
@@ -84,7 +88,12 @@ def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespac
     from . import engine, pipeline
     from .progress import Progress
 
-    ca_value = ca.build_arg_for(ca.find_ca_file(args.ca_cert))  # bad input fails before Docker is touched
+    ca_file = ca.find_ca_file(args.ca_cert)
+    ca_value = ca.build_arg_for(ca_file)  # bad input fails before Docker is touched
+    try:
+        cache_port = wheelcache.port()
+    except wheelcache.WheelCacheError as err:
+        raise UsageError(str(err)) from None
     unlocked = next((spec for spec in specs if not spec.lock_digest), None)
     if unlocked is not None:
         raise MatrixError(f"{unlocked.tag} has no lock file ({render.repo_path(unlocked.lock)}): run `python -m "
@@ -93,7 +102,8 @@ def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespac
     options = pipeline.BuildOptions(
         no_cache=args.no_cache, keep_going=args.keep_going, verify=args.verify, move_aliases=not args.no_alias,
         push=args.push, bootstrap_base=args.bootstrap_base, debian_mirror=args.debian_mirror,
-        index_url=args.index_url, ca_value=ca_value, templates=args.templates,
+        index_url=args.index_url, ca_value=ca_value, ca_file=ca_file, templates=args.templates,
+        wheel_cache=None if args.no_wheel_cache else wheelcache.cache_dir(), wheel_cache_port=cache_port,
         labels={"org.opencontainers.image.revision": revision} if revision else {})
     started = time.monotonic()
     results = pipeline.run(engine.connect(), m, specs, options, Progress(verbose=args.verbose))

@@ -44,7 +44,8 @@ class BuildEvents:
 class Engine(Protocol):
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None,
-              events: BuildEvents | None = None) -> str: ...
+              events: BuildEvents | None = None, host_network: bool = False) -> str: ...
+    def reaches_host_loopback(self) -> bool: ...
     def tag(self, image_id: str, references: Iterable[str]) -> None: ...
     def push(self, references: Iterable[str]) -> None: ...
     def push_index(self, reference: str, members: Iterable[str]) -> None: ...
@@ -90,8 +91,11 @@ class DockerEngine:
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None,
-              events: BuildEvents | None = None) -> str:
-        """Build and return the image ID; the image is left untagged (tagging is the caller's step)."""
+              events: BuildEvents | None = None, host_network: bool = False) -> str:
+        """Build and return the image ID; the image is left untagged (tagging is the caller's step).
+
+        `host_network`: RUN steps share the host's network (the wheel cache serves on its loopback);
+        the network a step ran on is not part of the layer cache's key."""
         events = events or BuildEvents()
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         step, image_id = "", None
@@ -101,6 +105,7 @@ class DockerEngine:
                 nocache=nocache, rm=True,
                 forcerm=True,  # no stopped containers left behind by a failed step
                 pull=False, labels=labels or {}, decode=True,
+                network_mode="host" if host_network else None,
             )
             for chunk in stream:
                 if "error" in chunk:
@@ -125,6 +130,19 @@ class DockerEngine:
         if image_id is None:
             raise BuildFailed(tag, step, "the builder ended without producing an image", list(tail))
         return image_id
+
+    def reaches_host_loopback(self) -> bool:
+        """Whether a build with host networking sees this machine's 127.0.0.1: a local, rootful daemon on
+        Linux. A remote engine, rootless Docker (its own network namespace) or Docker Desktop (a VM) does not."""
+        host = os.environ.get("DOCKER_HOST", "")
+        if host and not host.startswith("unix://"):
+            return False
+        try:
+            info = self.client.info()
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            return False
+        rootless = any("rootless" in str(option) for option in info.get("SecurityOptions") or ())
+        return info.get("OSType") == "linux" and not rootless and "Desktop" not in str(info.get("OperatingSystem"))
 
     def tag(self, image_id: str, references: Iterable[str]) -> None:
         for reference in references:

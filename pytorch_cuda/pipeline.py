@@ -13,17 +13,17 @@ import io
 import re
 import subprocess
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from verify import manifest as contract
 from verify import sbom
 
-from . import baseimage, plan, render
+from . import baseimage, plan, render, wheelcache
 from .engine import BuildEvents, Engine
 from .errors import BuildFailed
-from .matrix import AMD64, REPO_ROOT, Matrix
+from .matrix import AMD64, PYPI_URL, REPO_ROOT, Matrix
 from .plan import ImageSpec
 from .progress import Progress
 
@@ -60,6 +60,9 @@ class BuildOptions:
     debian_mirror: str = baseimage.DEFAULT_MIRROR
     index_url: str | None = None
     ca_value: str = ""  # the PIP_CA_CERT build arg (ca.build_arg_for)
+    ca_file: Path | None = None  # the same CA for pip on the host, which fills the wheel cache
+    wheel_cache: Path | None = None  # None: pip in the build downloads from the index itself
+    wheel_cache_port: int = wheelcache.DEFAULT_PORT
     templates: Path = render.TEMPLATES_DIR
     labels: dict[str, str] = field(default_factory=dict)  # added to every image (the git revision)
 
@@ -130,17 +133,45 @@ def git_revision() -> str:
         return ""
 
 
+def wheel_locks(spec: ImageSpec, index_url: str | None) -> list[tuple[Path, str, str]]:
+    """(lock, architecture, upstream index) of every pip install in this image's build: its own lock for its
+    platform and, where the builder stage installs another architecture's wheels, the builder's tools."""
+    upstream = index_url or (spec.build.index_url if spec.variant == "runtime" else PYPI_URL)
+    locks = [(spec.lock, plan.architecture_of(spec.platform), upstream)]
+    if spec.variant == "runtime" and spec.platform_suffix:
+        locks.append((render.BUILDER_TOOLS_LOCK, plan.architecture_of(AMD64), index_url or PYPI_URL))
+    return locks
+
+
+def fill_wheel_cache(spec: ImageSpec, options: BuildOptions, say: Callable[[str], None]) -> str:
+    """Have this image's wheels in the cache (hashes checked) and its server up; returns the index URL."""
+    assert options.wheel_cache is not None
+    for lock, architecture, upstream in wheel_locks(spec, options.index_url):
+        fetched = wheelcache.prefetch(lock, options.wheel_cache, architecture, spec.python, upstream, options.ca_file)
+        say(f"wheel cache: {render.repo_path(lock)} ({architecture}): {fetched.reused} cached, {fetched.downloaded} "
+            f"downloaded ({fetched.downloaded_bytes / 1e9:.2f} GB)")
+    return wheelcache.ensure_server(options.wheel_cache, options.wheel_cache_port, say)
+
+
 def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions, progress: Progress,
               index: int, total: int) -> tuple[BuildResult, str | None]:
     """Render and build one image and tag it: (result, image ID or None when the build failed)."""
     dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), options.templates)
     progress.start(index, total, spec.tag)
+    args = build_args(spec, dockerfile, options.index_url, options.ca_value)
+    cached = options.wheel_cache is not None and "PIP_INDEX_URL" in declared_args(dockerfile)
     try:
+        if cached:
+            args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
         image_id = engine.build(
             spec.tag, make_context(context_files(spec, dockerfile)), render.repo_path(spec.dockerfile),
-            build_args(spec, dockerfile, options.index_url, options.ca_value), nocache=options.no_cache,
-            labels=options.labels, events=BuildEvents(on_step=progress.step, on_line=progress.line),
+            args, nocache=options.no_cache, labels=options.labels, host_network=cached,
+            events=BuildEvents(on_step=progress.step, on_line=progress.line),
         )
+    except wheelcache.WheelCacheError as err:
+        progress.finish("FAILED")
+        progress.say(f"error: wheels of {spec.tag}: {err}")
+        return BuildResult(spec.tag, "failed", progress.elapsed(), note=str(err)[:80]), None
     except BuildFailed as err:
         progress.finish("FAILED")
         for line in err.log_tail[-12:]:
@@ -212,6 +243,10 @@ def push_all(engine: Engine, specs: list[ImageSpec], results: list[BuildResult],
 def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions,
         progress: Progress) -> list[BuildResult]:
     """Build `specs` in order (each runtime before its variants) and return one result per spec."""
+    if options.wheel_cache is not None and not engine.reaches_host_loopback():
+        progress.say("wheel cache: off (this engine's builds cannot reach this host's loopback: a remote, rootless "
+                     "or Desktop engine); pip in each build downloads its wheels")
+        options = replace(options, wheel_cache=None)
     bases = {(s.base_image, s.platform) for s in specs if s.variant == "runtime"}
     bases |= {(s.builder_image, AMD64) for s in specs if s.variant == "runtime" and s.platform_suffix}
     for base, platform in sorted(bases):

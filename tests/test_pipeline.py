@@ -29,11 +29,15 @@ class FakeEngine:
     built: list[str] = field(default_factory=list)
     verified: list[str] = field(default_factory=list)
     relabelled: list[dict] = field(default_factory=list)
+    loopback: bool = True  # whether its builds reach this host's 127.0.0.1
+    build_calls: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)  # tag -> (args, host net)
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
-              nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None) -> str:
+              nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None,
+              host_network: bool = False) -> str:
         assert context.read(1), "an empty build context"
         self.built.append(tag)
+        self.build_calls[tag] = (dict(buildargs), host_network)
         if tag in self.fail_builds:
             raise BuildFailed(tag, "step 7/20 (RUN pip install)", "exit code 1", ["ERROR: no such package"])
         return f"sha256:{len(self.built):064d}"
@@ -66,6 +70,9 @@ class FakeEngine:
 
     def read_file(self, reference, path):
         return b'{"components": []}\n' if path.endswith("sbom.cdx.json") else None
+
+    def reaches_host_loopback(self):
+        return self.loopback
 
     def relabel(self, image_id, labels):
         self.relabelled.append(labels)
@@ -227,3 +234,69 @@ def test_the_echoed_command_is_not_taken_for_what_the_step_said():
     tail = ["Step 5/9 : RUN case x in *) echo \"pytorch-cuda: error: no wheels\" >&2 ;; esac; pip install",
             "ERROR: Could not find a version that satisfies the requirement torch==2.4.1"]
     assert failure_message(_PIP_FAILED, tail) == "its command exited with code 1"
+
+
+@pytest.fixture
+def wheel_cache(monkeypatch, tmp_path):
+    """The wheel cache's host side stood in for: what was fetched, for which lock and platform."""
+    fetched: list[tuple[str, str, str]] = []
+
+    def prefetch(lock, directory, architecture, python, upstream, ca_file=None):
+        if "unreachable" in upstream:
+            raise pipeline.wheelcache.WheelCacheError(f"downloading the wheels of {lock.name} from {upstream} failed")
+        fetched.append((render_path(lock), architecture, upstream))
+        return pipeline.wheelcache.Fetch(downloaded=0, downloaded_bytes=0, reused=3)
+
+    monkeypatch.setattr(pipeline.wheelcache, "prefetch", prefetch)
+    monkeypatch.setattr(pipeline.wheelcache, "ensure_server", lambda directory, port, say: f"http://127.0.0.1:{port}/simple/")
+    return tmp_path, fetched
+
+
+def render_path(path: Path) -> str:
+    return path.relative_to(matrix.REPO_ROOT).as_posix() if path.is_absolute() else str(path)
+
+
+def test_with_the_wheel_cache_pip_steps_read_from_loopback_and_the_rest_build_as_before(m, wheel_cache):
+    directory, fetched = wheel_cache
+    engine = FakeEngine()
+    build(engine, m, specs(m), wheel_cache=directory, wheel_cache_port=40001)
+    runtime_args, runtime_host = engine.build_calls[RUNTIME]
+    assert runtime_args["PIP_INDEX_URL"] == "http://127.0.0.1:40001/simple/" and runtime_host
+    assert engine.build_calls[JUPYTER][0]["PIP_INDEX_URL"] == "http://127.0.0.1:40001/simple/"
+    assert engine.build_calls[SSH] == ({"RUNTIME_IMAGE": RUNTIME}, False)  # no pip step: no cache, no host network
+    runtime_spec = specs(m)[0]
+    assert fetched == [(render_path(runtime_spec.lock), "amd64", runtime_spec.build.index_url),
+                       (render_path(specs(m)[1].lock), "amd64", matrix.PYPI_URL)]
+
+
+def test_an_arm64_runtime_also_caches_the_builders_own_tools(wheel_cache):
+    directory, fetched = wheel_cache
+    real = matrix.load()
+    build(FakeEngine(), real, specs(real, cuda="13.0", variants=("runtime",), platform=matrix.ARM64),
+          wheel_cache=directory)
+    assert [(lock.rsplit("/", 1)[-1], architecture) for lock, architecture, _ in fetched] == [
+        ("runtime.lock", "arm64"), ("builder-tools.lock", "amd64")]
+
+
+def test_wheels_that_cannot_be_fetched_fail_that_image_in_one_line_and_tag_nothing(m, wheel_cache):
+    directory, _ = wheel_cache
+    engine = FakeEngine()
+    stream = io.StringIO()
+    results = pipeline.run(engine, m, specs(m), pipeline.BuildOptions(wheel_cache=directory, keep_going=True,
+                                                                      index_url="http://unreachable.invalid/simple"),
+                           Progress(stream=stream))
+    assert [(r.tag, r.status) for r in results] == [(RUNTIME, "failed"), (JUPYTER, "skipped"), (SSH, "skipped")]
+    assert engine.built == [] and engine.tags == {}
+    [error] = [line for line in stream.getvalue().splitlines() if line.startswith("error:")]
+    assert error == (f"error: wheels of {RUNTIME}: downloading the wheels of runtime.lock from "
+                     "http://unreachable.invalid/simple failed")
+
+
+def test_an_engine_that_cannot_reach_loopback_builds_without_the_cache_and_says_so(m, wheel_cache):
+    directory, fetched = wheel_cache
+    engine = FakeEngine(loopback=False)
+    stream = io.StringIO()
+    pipeline.run(engine, m, specs(m), pipeline.BuildOptions(wheel_cache=directory), Progress(stream=stream))
+    assert fetched == [] and "PIP_INDEX_URL" not in engine.build_calls[JUPYTER][0]
+    assert engine.build_calls[RUNTIME][1] is False
+    assert "wheel cache: off (this engine's builds cannot reach this host's loopback" in stream.getvalue()

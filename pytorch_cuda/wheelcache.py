@@ -1,0 +1,263 @@
+"""The wheel cache: the wheels builds download stay on this host and serve later builds.
+
+A CUDA image installs about 3 GB of wheels, and tags of one CUDA line pin the same NVIDIA wheels, so
+a second tag, or a `--no-cache` rebuild, would download most of them again. Instead, before a build:
+
+1. pip on the host downloads every wheel the image's lock pins, for the image's platform and Python,
+   into the cache with `--require-hashes` (a file already there with the lock's hash is not
+   fetched again; one with another hash is fetched anew), so nothing unverified is ever kept;
+2. the build's pip reads them from a PEP 503 index that a small server on this host's loopback
+   serves from the cache (the build runs with host networking), and checks every file against the
+   lock's hashes again.
+
+The index's address is fixed (`DEFAULT_PORT`), because the classic builder keys a RUN step's cache
+on its build args: the same address keeps a no-change rebuild all cache hits. The server is its own
+process, shared by every build.py on the host, and exits after `IDLE_EXIT_SECONDS` without a request.
+
+The cache lives in `$PYTORCH_CUDA_WHEEL_CACHE`, else `$XDG_CACHE_HOME/pytorch-cuda/wheels`, else
+`~/.cache/pytorch-cuda/wheels`; deleting that directory clears it; `build.py --no-wheel-cache` builds
+without it. Standard library only: the server runs with no third-party package.
+"""
+from __future__ import annotations
+
+import argparse
+import html
+import http.server
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import hostlock
+
+DEFAULT_PORT = 38741
+GLIBC_MINOR = 36  # Debian bookworm, every base image of images/bases.json
+IDLE_EXIT_SECONDS = 900
+MARKER = "/pytorch-cuda-wheel-cache"  # what the server answers with its directory: ours, and which cache
+_WHEEL_NAME = re.compile(r"^([^-]+)-")
+
+
+class WheelCacheError(Exception):
+    """The cache could not provide a build's wheels: the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """What one prefetch did: files and bytes downloaded, and files already in the cache."""
+
+    downloaded: int
+    downloaded_bytes: int
+    reused: int
+
+
+def cache_dir(environ: dict[str, str] | None = None) -> Path:
+    """$PYTORCH_CUDA_WHEEL_CACHE, else $XDG_CACHE_HOME/pytorch-cuda/wheels, else ~/.cache/pytorch-cuda/wheels."""
+    environ = dict(os.environ) if environ is None else environ
+    if environ.get("PYTORCH_CUDA_WHEEL_CACHE"):
+        return Path(environ["PYTORCH_CUDA_WHEEL_CACHE"]).expanduser()
+    base = Path(environ["XDG_CACHE_HOME"]) if environ.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "pytorch-cuda" / "wheels"
+
+
+def port(environ: dict[str, str] | None = None) -> int:
+    environ = dict(os.environ) if environ is None else environ
+    value = environ.get("PYTORCH_CUDA_WHEEL_CACHE_PORT", "")
+    if not value:
+        return DEFAULT_PORT
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise WheelCacheError(f"PYTORCH_CUDA_WHEEL_CACHE_PORT={value!r} is not a TCP port")
+    return int(value)
+
+
+def index_url(port_number: int) -> str:
+    """The address the build's pip gets as PIP_INDEX_URL (loopback: pip trusts it over plain HTTP)."""
+    return f"http://127.0.0.1:{port_number}/simple/"
+
+
+def normalize(name: str) -> str:
+    """A project name as PEP 503 compares them."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_of(filename: str) -> str | None:
+    """The normalized project of a wheel file name, or None for anything that is not a wheel."""
+    match = _WHEEL_NAME.match(filename)
+    return normalize(match.group(1)) if match and filename.endswith(".whl") else None
+
+
+def project_page(directory: Path, project: str) -> str | None:
+    """The PEP 503 page of one project: links to its cached wheels, or None when it has none."""
+    files = sorted(path.name for path in directory.glob("*.whl") if project_of(path.name) == project)
+    if not files:
+        return None
+    links = "\n".join(f'<a href="/files/{html.escape(name)}">{html.escape(name)}</a><br>' for name in files)
+    return f"<!DOCTYPE html>\n<html><body>\n{links}\n</body></html>\n"
+
+
+def platform_tags(architecture: str) -> list[str]:
+    """The wheel platforms a Debian bookworm image (glibc 2.36) of an architecture ('amd64', 'arm64') installs,
+    best first, as pip inside it would accept them (pip's --platform does not widen one tag to older glibcs)."""
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(architecture)
+    if machine is None:
+        raise WheelCacheError(f"no wheel platform known for architecture {architecture!r}")
+    tags = [f"manylinux_2_{minor}_{machine}" for minor in range(GLIBC_MINOR, 16, -1)] + [f"manylinux2014_{machine}"]
+    if machine == "x86_64":
+        tags += [f"manylinux_2_{minor}_{machine}" for minor in (12, 5)] + [f"manylinux2010_{machine}", f"manylinux1_{machine}"]
+    return tags
+
+
+def download_command(lock: Path, directory: Path, architecture: str, python: str, upstream: str,
+                     ca_file: Path | None) -> list[str]:
+    """pip download of exactly the lock's wheels for one platform and Python, hashes required."""
+    abi = "cp" + python.replace(".", "")
+    command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+               "--require-hashes", "--only-binary=:all:",
+               *[arg for tag in platform_tags(architecture) for arg in ("--platform", tag)], "--python-version", python, "--implementation", "cp", "--abi", abi, "--index-url", upstream,
+               "--dest", str(directory), "-r", str(lock)]
+    if ca_file is not None:
+        command += ["--cert", str(ca_file)]
+    return command
+
+
+def _wheels(directory: Path) -> dict[str, tuple[int, int]]:
+    """name -> (size, mtime in ns) of the cached wheels: a file pip replaced changes one of them."""
+    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in directory.glob("*.whl")}
+
+
+def prefetch(lock: Path, directory: Path, architecture: str, python: str, upstream: str,
+             ca_file: Path | None = None) -> Fetch:
+    """Have every wheel of `lock` for the platform in the cache, each checked against the lock's hashes."""
+    # One prefetch at a time per cache: a second build.py waits, then finds the files there.
+    with hostlock.held("wheel-cache", directory):
+        before = _wheels(directory)
+        # The user's pip configuration stays (proxy, certificates); extra indexes and find-links do
+        # not, so the files come from the one index asked for (their hashes are checked either way).
+        environ = {name: value for name, value in os.environ.items()
+                   if name not in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_REQUIRE_VIRTUALENV")}
+        done = subprocess.run(download_command(lock, directory, architecture, python, upstream, ca_file),
+                              capture_output=True, text=True, env=environ)
+        if done.returncode != 0:
+            said = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+            reason = next((line for line in reversed(said) if line.startswith("ERROR")), said[-1] if said else "")
+            raise WheelCacheError(f"downloading the wheels of {lock.name} from {upstream} failed: {reason[:300]}")
+        after = _wheels(directory)
+    new = {name: size for name, (size, mtime) in after.items() if before.get(name) != (size, mtime)}
+    pinned = sum(1 for line in lock.read_text().splitlines() if re.match(r"^[A-Za-z0-9]", line))
+    return Fetch(downloaded=len(new), downloaded_bytes=sum(new.values()), reused=max(pinned - len(new), 0))
+
+
+def _answers(port_number: int) -> str | None:
+    """The cache directory of the server on this port, None when nothing (of ours) answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port_number}{MARKER}", timeout=2) as reply:
+            return str(reply.read().decode())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def ensure_server(directory: Path, port_number: int, say: Callable[[str], None] = print) -> str:
+    """Have the cache's server answer on the loopback port; returns the index URL for builds."""
+    directory.mkdir(parents=True, exist_ok=True)
+    serving = _answers(port_number)
+    if serving == str(directory.resolve()):
+        return index_url(port_number)
+    if serving is not None:
+        raise WheelCacheError(f"port {port_number} serves another wheel cache ({serving}): set "
+                              "PYTORCH_CUDA_WHEEL_CACHE_PORT to another port, or build with --no-wheel-cache")
+    with open(directory / ".server.log", "ab") as log:  # its own session: it outlives this build.py
+        subprocess.Popen([sys.executable, "-m", "pytorch_cuda.wheelcache", "serve", str(directory.resolve()),
+                          "--port", str(port_number)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                         start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _answers(port_number) == str(directory.resolve()):
+            say(f"wheel cache: serving {directory} at {index_url(port_number)}")
+            return index_url(port_number)
+        time.sleep(0.1)
+    tail = (directory / ".server.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    raise WheelCacheError(f"the wheel cache's server did not start on 127.0.0.1:{port_number} ({tail[0]}): "
+                          "build with --no-wheel-cache, or set PYTORCH_CUDA_WHEEL_CACHE_PORT to a free port")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    directory: Path
+    touched: list[float]
+
+    def do_GET(self) -> None:
+        self.touched[0] = time.monotonic()
+        path = self.path.split("?", 1)[0]
+        if path == MARKER:
+            return self._reply(200, "text/plain", str(self.directory).encode())
+        if path.startswith("/simple/"):
+            page = project_page(self.directory, normalize(path[len("/simple/"):].strip("/")))
+            if page is None:
+                return self._reply(404, "text/plain", b"not in the wheel cache\n")
+            return self._reply(200, "text/html", page.encode())
+        if path.startswith("/files/"):
+            name = path[len("/files/"):]
+            file = self.directory / name
+            if "/" in name or not name.endswith(".whl") or not file.is_file():
+                return self._reply(404, "text/plain", b"no such file\n")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(file.stat().st_size))
+            self.end_headers()
+            with open(file, "rb") as data:
+                while chunk := data.read(1 << 20):
+                    self.wfile.write(chunk)
+            return None
+        return self._reply(404, "text/plain", b"not found\n")
+
+    def _reply(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve(directory: Path, port_number: int, idle_exit: float = IDLE_EXIT_SECONDS) -> None:
+    """Serve the cache on 127.0.0.1 until no request came for `idle_exit` seconds."""
+    touched = [time.monotonic()]
+    handler = type("Handler", (_Handler,), {"directory": directory, "touched": touched})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port_number), handler)
+    server.daemon_threads = True
+
+    def stop_when_idle() -> None:
+        while time.monotonic() - touched[0] < idle_exit:
+            time.sleep(min(5.0, idle_exit / 4))
+        server.shutdown()
+
+    threading.Thread(target=stop_when_idle, daemon=True).start()
+    server.serve_forever()
+    server.server_close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pytorch_cuda.wheelcache", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serving = sub.add_parser("serve", help="serve a cache directory on 127.0.0.1 (build.py starts it)")
+    serving.add_argument("directory", type=Path)
+    serving.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serving.add_argument("--idle-exit", type=float, default=IDLE_EXIT_SECONDS)
+    sub.add_parser("where", help="print the cache's directory")
+    args = parser.parse_args(argv)
+    if args.command == "where":
+        print(cache_dir())
+        return 0
+    serve(args.directory, args.port, args.idle_exit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
