@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from pytorch_cuda import matrix, plan
+from pytorch_cuda import hostlock, matrix, plan
 
 from .dockerutil import TrackedContainers, build_failure, build_py, local_registry
 
@@ -57,19 +57,106 @@ def real_matrix() -> matrix.Matrix:
     return matrix.load()
 
 
-@pytest.fixture(scope="session")
-def built(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
-    """The three images of `build.py --cuda 12.1`, built once per session by the real CLI.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--image", action="append", default=[], metavar="REF",
+                     help="test this existing image ([registry/]pytorch-cuda:<tag>, pulled if not here) instead of "
+                          "building the CUDA 12.1 images; repeat it for each variant. Tests that build skip.")
 
-    The images are the product and stay as a layer cache for the next run; throwaway images made
-    by other tests are removed by those tests.
+
+# Heavy chains of image tests, each kept on one xdist worker (pytest.ini: --dist loadgroup) so that they run
+# beside each other and beside the unit tests, which any worker takes.
+ARM64_GROUP, CUDA13_GROUP, CUDA12_GROUP, RELEASE_GROUP = "arm64", "cuda13", "cuda12.1", "release"
+
+
+# One worker per heavy group plus two for the unit tests; a run without the image tests needs no more
+# workers than the machine has cores (the unit tests are CPU-bound).
+FULL_RUN_WORKERS = 6
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    if "not docker" in (config.getoption("markexpr") or ""):
+        return max(2, os.cpu_count() or 2)
+    return FULL_RUN_WORKERS
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        path = item.path.as_posix()
+        if path.endswith("tests/cuda13/test_arm64.py"):
+            group = ARM64_GROUP
+        elif "/tests/cuda13/" in path:
+            group = CUDA13_GROUP
+        elif "built" in getattr(item, "fixturenames", ()):
+            group = RELEASE_GROUP if item.get_closest_marker("release") else CUDA12_GROUP
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session")
+def given_images(request) -> list[str]:
+    return list(request.config.getoption("--image"))
+
+
+@pytest.fixture
+def builds_here(given_images) -> None:
+    """For a test that builds: with --image the images under test were built elsewhere, so it skips."""
+    if given_images:
+        pytest.skip("--image: this test builds images, and the images under test were built elsewhere")
+
+
+def _specs_of_given(client, m: matrix.Matrix, references: list[str]) -> dict[str, plan.ImageSpec]:
+    """The spec of each --image, from its own labels; the reference must be named as ours."""
+    import docker.errors
+
+    from pytorch_cuda import refs
+
+    found: dict[str, plan.ImageSpec] = {}
+    for reference in references:
+        if refs.repository_name(reference) != plan.REPOSITORY:
+            pytest.fail(f"--image {reference}: name it as ours, [registry/]{plan.REPOSITORY}:<tag>")
+        try:
+            image = client.images.get(reference)
+        except docker.errors.ImageNotFound:
+            image = client.images.pull(reference)
+        labels = image.labels
+        variant = labels["org.opencontainers.image.version"].rsplit("-", 1)[-1]
+        build = m.resolve(cuda=labels["io.pytorch-cuda.cuda"], torch=labels["io.pytorch-cuda.torch"])
+        repository = refs.split(reference)[0]
+        registry = repository[: -len(plan.REPOSITORY)].rstrip("/") or None
+        [spec] = plan.image_specs(m, [build], variants=(variant,), registry=registry)
+        if spec.tag != reference:
+            pytest.fail(f"--image {reference}: its labels say {spec.tag}")
+        found[variant] = spec
+    return found
+
+
+class BuiltImages(dict):
+    """variant -> ImageSpec of the images under test; a variant not given with --image skips the test that asks."""
+
+    def __init__(self, specs: dict[str, plan.ImageSpec], output: str, given: bool) -> None:
+        super().__init__(specs)
+        self.output, self.given = output, given
+
+    def __missing__(self, variant: str) -> plan.ImageSpec:
+        pytest.skip(f"no {variant} image among --image {' '.join(spec.tag for spec in self.values())}")
+
+
+@pytest.fixture(scope="session")
+def built(docker_client, real_matrix, given_images) -> BuiltImages:
+    """The three images of `build.py --cuda 12.1`, built by the real CLI, or the images given with --image.
+
+    Built once for the whole run: the xdist workers that need them take turns (host lock), and the
+    second finds every step in the layer cache. The images are the product and stay for the next run.
     """
-    result = build_py("--cuda", BUILD_CUDA, timeout=3600)
+    if given_images:
+        return BuiltImages(_specs_of_given(docker_client, real_matrix, given_images), "", given=True)
+    with hostlock.held(f"tests-build-cuda{BUILD_CUDA}"):
+        result = build_py("--cuda", BUILD_CUDA, timeout=3600)
     assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{build_failure(result)}"
     specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])
-    built = {spec.variant: spec for spec in specs}
-    built["_output"] = result.stdout + result.stderr  # type: ignore[assignment]
-    return built
+    return BuiltImages({spec.variant: spec for spec in specs}, result.stdout + result.stderr, given=False)
 
 
 @pytest.fixture(scope="session")

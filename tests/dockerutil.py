@@ -151,15 +151,6 @@ def removing_new_dangling_images(client: docker.DockerClient) -> contextlib.Abst
     return _removing_images_made(client, untagged_only=True)
 
 
-def removing_new_images(client: docker.DockerClient) -> contextlib.AbstractContextManager[None]:
-    """Remove every image a block builds, tagged or not, and only those.
-
-    For test images of another CUDA line (6 GB each, with their builder stage as much again): kept,
-    they would add up past the disk of a CI machine. Images that were there before stay.
-    """
-    return _removing_images_made(client, untagged_only=False)
-
-
 REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"
 REGISTRY_CONTEXT = Path(__file__).parent / "registry"
 
@@ -178,34 +169,30 @@ def local_registry(client: docker.DockerClient) -> Iterator[tuple[str, str, obje
     over plain HTTP): yields (address, url, its container). Removed with its storage afterwards."""
     import re
 
-    import docker.errors
     import requests
 
-    from pytorch_cuda import baseimage
+    from pytorch_cuda import baseimage, hostlock
     from pytorch_cuda.engine import DockerEngine
 
     # Its base as every build gets it: pulled, or made from Debian's packages on a machine that has
-    # built nothing yet (no registry reachable).
+    # built nothing yet (no registry reachable). The image is kept: the next run's build is all cache hits.
     base = re.search(r"^FROM (\S+)", (REGISTRY_CONTEXT / "Dockerfile").read_text(), re.M).group(1)
-    baseimage.ensure_base_image(DockerEngine(client), base, say=lambda line: None)
-    client.images.build(path=str(REGISTRY_CONTEXT), tag=REGISTRY_IMAGE, rm=True, forcerm=True, pull=False)
+    with hostlock.held("tests-registry-image"):
+        baseimage.ensure_base_image(DockerEngine(client), base, say=lambda line: None)
+        client.images.build(path=str(REGISTRY_CONTEXT), tag=REGISTRY_IMAGE, rm=True, forcerm=True, pull=False)
     port = _free_port()
-    try:
-        with container(client, REGISTRY_IMAGE, ports={"5000/tcp": ("127.0.0.1", port)}) as box:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if requests.get(f"{url}/v2/", timeout=2).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, box.logs().decode()
-                time.sleep(0.5)
-            yield f"127.0.0.1:{port}", url, box
-    finally:
-        with contextlib.suppress(docker.errors.APIError):
-            client.images.remove(REGISTRY_IMAGE, force=True)
+    with container(client, REGISTRY_IMAGE, ports={"5000/tcp": ("127.0.0.1", port)}) as box:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(f"{url}/v2/", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, box.logs().decode()
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}", url, box
 
 
 def registry_bytes(box) -> int:

@@ -16,12 +16,12 @@ from .dockerutil import TrackedContainers, build_failure, build_py, removing_new
 pytestmark = pytest.mark.docker
 
 
-def test_three_images_and_aliases_are_tagged(built, docker_client):
+def test_three_images_and_aliases_are_tagged(built, docker_client, builds_here):
     for variant in ("runtime", "jupyter", "ssh"):
         spec = built[variant]
         image = docker_client.images.get(spec.tag)
         assert set(spec.aliases) <= set(image.tags), image.tags
-    output = built["_output"]
+    output = built.output
     assert "3 of 3 images built" in output
     for column in ("TAG", "STATUS", "TIME", "SIZE"):
         assert column in output  # the summary table

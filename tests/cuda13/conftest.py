@@ -1,24 +1,28 @@
-"""The CUDA 13.0 images, built once for this package's modules (test_arm64, test_devel) as the
-workflow publishes them: every variant for linux/amd64 and, where aarch64 code can run here, for
-linux/arm64 too, pushed to a real local registry as one multi-platform tag per variant.
+"""The CUDA 13.0 images, as the workflow publishes them: every variant for linux/amd64 and, where aarch64 code
+can run here, for linux/arm64 too, pushed to a real local registry as one multi-platform tag per variant.
 
-Package scope: they are removed with their builder stages when the last test of this package is done,
-before the rest of the suite builds its own (two platforms of four variants: about 25 GB).
+Each platform's images are built by its own `build.py` run, once per test run (a host lock makes a second
+worker wait, then find every step in the layer cache), so the amd64 images for test_devel and the arm64
+ones for test_arm64 are built at the same time on two xdist workers. They are kept: the next run finds
+them by content (a changed template, lock or file rebuilds what it changes).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker.errors
 import pytest
 
-from pytorch_cuda import matrix, plan
+from pytorch_cuda import hostlock, matrix, plan
 
-from ..dockerutil import build_failure, build_py, local_registry, removing_new_images
+from ..dockerutil import build_failure, build_py
 
 CUDA = "13.0"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
+VARIANT_ARGS = tuple(arg for variant in plan.VARIANTS for arg in ("--variant", variant))
 
 
 def qemu_aarch64_missing() -> str:
@@ -34,27 +38,54 @@ def qemu_aarch64_missing() -> str:
     return ""
 
 
-@pytest.fixture(scope="package")
-def cuda13(docker_client, real_matrix) -> Iterator[dict]:
-    """`build.py --cuda 13.0 --platform linux/amd64,linux/arm64 --variant ... --registry ... --push`:
-    the four variants for both platforms (amd64 alone where aarch64 code cannot run: `no_arm64`
-    says why, and the arm64 tests skip with it)."""
-    no_arm64 = qemu_aarch64_missing()
-    platforms = (matrix.AMD64,) if no_arm64 else matrix.PLATFORMS
-    # The registry first: on a machine that has built nothing yet it makes debian:bookworm-slim, which
-    # the tests after this package use too; removing_new_images then removes only what build.py made.
-    with local_registry(docker_client) as (address, url, _), removing_new_images(docker_client):
-        prefix = f"{address}/team"
-        variants = [arg for variant in plan.VARIANTS for arg in ("--variant", variant)]
+def build_platform(platform: str, *extra: str) -> str:
+    """`build.py --cuda 13.0 --platform P` of every variant, one worker at a time; returns its output."""
+    with hostlock.held(f"tests-build-cuda{CUDA}-{plan.architecture_of(platform)}"):
         started = time.monotonic()
-        result = build_py("--cuda", CUDA, "--platform", ",".join(platforms), *variants, "--no-alias",
-                          "--registry", prefix, "--push", timeout=5400)
-        seconds = time.monotonic() - started
-        assert result.returncode == 0, build_failure(result)
-        build = real_matrix.resolve(cuda=CUDA)
-        specs = {(spec.platform, spec.variant): spec for platform in platforms
-                 for spec in plan.image_specs(real_matrix, [build], variants=plan.VARIANTS, registry=prefix,
-                                              platform=platform)}
-        print(f"\nbuild.py: {len(specs)} images of {build.torch}-cuda{CUDA} ({', '.join(platforms)}) built and "
-              f"pushed in {seconds:.0f} s:\n{result.stdout[-1500:]}")
-        yield {"specs": specs, "url": url, "prefix": prefix, "build": build, "no_arm64": no_arm64}
+        result = build_py("--cuda", CUDA, "--platform", platform, *VARIANT_ARGS, "--no-alias", *extra, timeout=5400)
+    assert result.returncode == 0, build_failure(result)
+    print(f"\nbuild.py --cuda {CUDA} --platform {platform}: {time.monotonic() - started:.0f} s\n{result.stdout[-1200:]}")
+    return result.stdout
+
+
+def specs_of(real_matrix: matrix.Matrix, platforms: tuple[str, ...], registry: str | None = None
+             ) -> dict[tuple[str, str], plan.ImageSpec]:
+    build = real_matrix.resolve(cuda=CUDA)
+    return {(spec.platform, spec.variant): spec for platform in platforms
+            for spec in plan.image_specs(real_matrix, [build], variants=plan.VARIANTS, registry=registry,
+                                         platform=platform)}
+
+
+@pytest.fixture(scope="session")
+def cuda13_amd64(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
+    """variant -> spec of the four amd64 images of the CUDA 13.0 line."""
+    build_platform(matrix.AMD64)
+    return {variant: spec for (_, variant), spec in specs_of(real_matrix, (matrix.AMD64,)).items()}
+
+
+@pytest.fixture(scope="session")
+def cuda13(docker_client, real_matrix, registry) -> Iterator[dict]:
+    """Both platforms' images, pushed with `build.py --platform linux/amd64,linux/arm64 --registry R --push`
+    (every build step a cache hit by then) to the session's registry: one multi-platform tag per variant.
+    Where aarch64 code cannot run here, `no_arm64` says why (the arm64 tests skip with it)."""
+    no_arm64 = qemu_aarch64_missing()
+    if no_arm64:
+        yield {"no_arm64": no_arm64}
+        return
+    address, url, _ = registry
+    prefix = f"{address}/team"
+    build_platform(matrix.ARM64)
+    build_platform(matrix.AMD64)  # built by test_devel's worker meanwhile, or now
+    started = time.monotonic()
+    result = build_py("--cuda", CUDA, "--platform", ",".join(matrix.PLATFORMS), *VARIANT_ARGS, "--no-alias",
+                      "--registry", prefix, "--push", timeout=5400)
+    assert result.returncode == 0, build_failure(result)
+    print(f"\nboth platforms tagged and pushed in {time.monotonic() - started:.0f} s")
+    specs = specs_of(real_matrix, matrix.PLATFORMS, prefix)
+    yield {"specs": specs, "url": url, "prefix": prefix, "build": real_matrix.resolve(cuda=CUDA), "no_arm64": ""}
+    # The registry goes with the session; so do the names under its address (the images stay, by their plain tags).
+    for image in docker_client.images.list():
+        for name in image.tags:
+            if name.startswith(prefix + "/"):
+                with contextlib.suppress(docker.errors.APIError):
+                    docker_client.images.remove(name)

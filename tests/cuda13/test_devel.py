@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda import matrix, plan
+from pytorch_cuda import plan
 from pytorch_cuda.engine import DockerEngine
 from pytorch_cuda.errors import BuildFailed
 
@@ -48,9 +48,9 @@ if torch.cuda.is_available():
 
 
 @pytest.fixture(scope="module")
-def devel(cuda13) -> dict[str, plan.ImageSpec]:
+def devel(cuda13_amd64) -> dict[str, plan.ImageSpec]:
     """The CUDA 13.0 line's amd64 runtime and devel images (this package's conftest.py builds them)."""
-    return {variant: cuda13["specs"][matrix.AMD64, variant] for variant in ("runtime", "devel")}
+    return {variant: cuda13_amd64[variant] for variant in ("runtime", "devel")}
 
 
 def test_nvcc_is_torchs_cuda(devel, containers):
