@@ -21,8 +21,10 @@ without it. Standard library only: the server runs with no third-party package.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import http.server
+import json
 import os
 import re
 import subprocess
@@ -131,11 +133,39 @@ def _wheels(directory: Path) -> dict[str, tuple[int, int]]:
     return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in directory.glob("*.whl")}
 
 
+_PIP_NAMED = re.compile(r"^\s*(?:Saved|File was already downloaded) (.+\.whl)\s*$")
+
+
+def _record_path(directory: Path, lock: Path, architecture: str, python: str) -> Path:
+    """Where a prefetch records the files that satisfied one lock for one platform: keyed by the lock's content."""
+    key = hashlib.sha256(lock.read_bytes()).hexdigest()[:32]
+    return directory / ".satisfied" / f"{key}-{architecture}-py{python}.json"
+
+
+def _still_satisfied(record: Path, directory: Path) -> int | None:
+    """The number of files a recorded prefetch named, when every one is still there unchanged; else None.
+
+    pip checked each file's hash against the lock when it was recorded, and the build's pip checks it
+    again; this only spares the index lookups and the hashing of gigabytes on a rebuild."""
+    try:
+        named = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    wheels = _wheels(directory)
+    if not named or any(tuple(stamp) != wheels.get(name) for name, stamp in named.items()):
+        return None
+    return len(named)
+
+
 def prefetch(lock: Path, directory: Path, architecture: str, python: str, upstream: str,
              ca_file: Path | None = None) -> Fetch:
     """Have every wheel of `lock` for the platform in the cache, each checked against the lock's hashes."""
+    record = _record_path(directory, lock, architecture, python)
     # One prefetch at a time per cache: a second build.py waits, then finds the files there.
     with hostlock.held("wheel-cache", directory):
+        known = _still_satisfied(record, directory)
+        if known is not None:
+            return Fetch(downloaded=0, downloaded_bytes=0, reused=known)
         before = _wheels(directory)
         # The user's pip configuration stays (proxy, certificates); extra indexes and find-links do
         # not, so the files come from the one index asked for (their hashes are checked either way).
@@ -148,9 +178,11 @@ def prefetch(lock: Path, directory: Path, architecture: str, python: str, upstre
             reason = next((line for line in reversed(said) if line.startswith("ERROR")), said[-1] if said else "")
             raise WheelCacheError(f"downloading the wheels of {lock.name} from {upstream} failed: {reason[:300]}")
         after = _wheels(directory)
+        named = [Path(match.group(1)).name for match in map(_PIP_NAMED.match, done.stdout.splitlines()) if match]
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps({name: after[name] for name in sorted(set(named)) if name in after}))
     new = {name: size for name, (size, mtime) in after.items() if before.get(name) != (size, mtime)}
-    pinned = sum(1 for line in lock.read_text().splitlines() if re.match(r"^[A-Za-z0-9]", line))
-    return Fetch(downloaded=len(new), downloaded_bytes=sum(new.values()), reused=max(pinned - len(new), 0))
+    return Fetch(downloaded=len(new), downloaded_bytes=sum(new.values()), reused=max(len(set(named)) - len(new), 0))
 
 
 def _answers(port_number: int) -> str | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import paramiko
+import pytest
 import requests
 import websocket
 
@@ -239,3 +240,8 @@ def have_gpu() -> bool:
     with contextlib.suppress(Exception):
         return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=30).returncode == 0
     return False
+
+
+# For tests that need a GPU: decided when they are collected, so that a machine without one does not
+# build the images such a test uses only to skip in its body.
+needs_gpu = pytest.mark.skipif(not have_gpu(), reason="no GPU: nvidia-smi sees none on this machine")

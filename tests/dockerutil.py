@@ -155,7 +155,7 @@ REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"
 REGISTRY_CONTEXT = Path(__file__).parent / "registry"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     import socket
 
     with socket.socket() as sock:
@@ -180,7 +180,7 @@ def local_registry(client: docker.DockerClient) -> Iterator[tuple[str, str, obje
     with hostlock.held("tests-registry-image"):
         baseimage.ensure_base_image(DockerEngine(client), base, say=lambda line: None)
         client.images.build(path=str(REGISTRY_CONTEXT), tag=REGISTRY_IMAGE, rm=True, forcerm=True, pull=False)
-    port = _free_port()
+    port = free_port()
     with container(client, REGISTRY_IMAGE, ports={"5000/tcp": ("127.0.0.1", port)}) as box:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30

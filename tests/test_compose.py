@@ -20,8 +20,8 @@ from .clients import (
     SshClient,
     compose_missing,
     compose_project,
-    have_gpu,
     jupyter_get,
+    needs_gpu,
     run_in_kernel,
     wait_for,
     wait_for_jupyter,
@@ -143,9 +143,8 @@ def test_down_leaves_no_container_and_down_v_no_volume(stack):
 
 @pytest.mark.docker
 @pytest.mark.gpu
+@needs_gpu
 def test_compose_without_override_gives_jupyter_the_gpus(built):
-    if not have_gpu():
-        pytest.skip("no GPU: nvidia-smi sees none on this machine")
     token = uuid.uuid4().hex
     with compose_project({"PYTORCH_CUDA_TAG": built["jupyter"].stem, "JUPYTER_TOKEN": token}, files=BASE) as project:
         project.up("jupyter")

@@ -10,7 +10,7 @@ from .dockerutil import build_py
 pytestmark = pytest.mark.docker
 
 
-def test_a_cuda_12_devel_without_nvidia_s_repository_stops_at_once_naming_it(built, docker_client):
+def test_a_cuda_12_devel_without_nvidia_s_repository_stops_at_once_naming_it(built, docker_client, builds_here):
     """NVIDIA's apt repository cannot be reached here: the build fails in seconds with one line naming it."""
     result = build_py("--cuda", "12.1", "--variant", "devel", timeout=1800)
     assert result.returncode == 1

@@ -11,7 +11,7 @@ import pytest
 from pytorch_cuda import ca, lockfile
 from verify.packages import canonical
 
-from .dockerutil import TrackedContainers, build_failure, build_py, removing_new_dangling_images
+from .dockerutil import TrackedContainers, build_failure, build_py, free_port, removing_new_dangling_images
 
 pytestmark = pytest.mark.docker
 
@@ -133,7 +133,7 @@ def test_variants_share_the_runtime_layers(built, docker_client):
         assert layers[: len(runtime_layers)] == runtime_layers, f"{variant} does not build on the runtime image"
 
 
-def test_no_change_rebuild_is_all_cache_hits(built):
+def test_no_change_rebuild_is_all_cache_hits(built, builds_here):
     result = build_py("--cuda", built["runtime"].build.cuda, "--verbose", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
@@ -141,12 +141,13 @@ def test_no_change_rebuild_is_all_cache_hits(built):
     assert output.count("Using cache") > 10
 
 
-def test_failing_step_leaves_no_tag(built, docker_client):
-    """pip cannot reach the given index: exit 1, a one-line error, no tag applied (and --keep-going goes on)."""
+def test_failing_step_leaves_no_tag(built, docker_client, builds_here):
+    """pip in the build cannot reach the given index: exit 1, a one-line error, no tag applied (and --keep-going
+    goes on). Without the wheel cache, so that it is the build's own pip step that fails."""
     registry = "localhost:5999/pytorch-cuda-failtest"
     with removing_new_dangling_images(docker_client):
         result = build_py("--cuda", built["runtime"].build.cuda, "--registry", registry, "--keep-going",
-                          "--index-url", "http://127.0.0.1:9/simple", timeout=900)
+                          "--no-wheel-cache", "--index-url", "http://127.0.0.1:9/simple", timeout=900)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed" in result.stdout and "skipped" in result.stdout  # summary: runtime failed, variants skipped
     # One short line names the step and its exit code (not the kilobytes of the pip step's command);
@@ -154,6 +155,21 @@ def test_failing_step_leaves_no_tag(built, docker_client):
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error: build of")]
     assert error.endswith("its command exited with code 1") and len(error) < 300, error
     assert "127.0.0.1" in "\n".join(line for line in result.stderr.splitlines() if line.startswith("    | "))
+    assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
+
+
+def test_wheels_the_cache_cannot_fetch_fail_the_image_in_one_line_before_any_step(built, docker_client, tmp_path,
+                                                                                 builds_here):
+    registry = "localhost:5999/pytorch-cuda-wheelfail"
+    result = build_py("--cuda", built["runtime"].build.cuda, "--variant", "runtime", "--registry", registry,
+                      "--index-url", "http://127.0.0.1:9/simple", timeout=300,
+                      env={"PYTORCH_CUDA_WHEEL_CACHE": str(tmp_path / "wheels"), "PIP_RETRIES": "0",
+                           "PYTORCH_CUDA_WHEEL_CACHE_PORT": str(free_port())})
+    assert result.returncode == 1, result.stdout + result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith(f"error: wheels of {registry}/{built['runtime'].tag}: downloading the wheels of "
+                            "runtime.lock from http://127.0.0.1:9/simple failed"), error
+    assert "step 1/" not in result.stderr  # no build step ran
     assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
 
 
@@ -177,12 +193,17 @@ def _freeze(containers: TrackedContainers, tag: str) -> dict[str, str]:
 def test_the_image_holds_exactly_its_lock(built, docker_client, containers):
     spec = built["runtime"]
     assert _freeze(containers, spec.tag) == _lock_pins(spec.lock.read_text())
+    # The label names the lock the image was really built from: the copy inside it (its bill of
+    # materials reads it), hashed here, and that copy is the committed lock.
+    code, inside = containers.run(spec.tag, ["sha256sum", "/etc/pytorch-cuda/runtime.lock"], entrypoint="")
+    assert code == 0, inside
     labels = docker_client.images.get(spec.tag).labels
-    assert labels["io.pytorch-cuda.lock-digest"] == lockfile.digest(spec.lock) != ""
+    assert labels["io.pytorch-cuda.lock-digest"] == "sha256:" + inside.split()[0]
+    assert labels["io.pytorch-cuda.lock-digest"] == lockfile.digest(spec.lock)
 
 
 @pytest.mark.release
-def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_client, containers):
+def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_client, containers, builds_here):
     """Reproducible: the same tag built again from nothing installs the same packages."""
     registry = "pytorch-cuda-repro.invalid"
     spec = built["runtime"]
@@ -192,6 +213,10 @@ def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_
             result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
                               "--no-cache", "--no-alias", "--registry", registry, timeout=2400)
             assert result.returncode == 0, build_failure(result)
+            # The wheel cache served every wheel: pip's download into it found each file there.
+            said = [line for line in result.stderr.splitlines() if line.startswith("wheel cache: ")]
+            assert any(f"{spec.directory.name}/runtime.lock (amd64): " in line and " 0 downloaded" in line
+                       for line in said), said
             assert _freeze(containers, again) == _freeze(containers, spec.tag)
             assert docker_client.images.get(again).labels == docker_client.images.get(spec.tag).labels
             # Deterministic layers: the base, every component layer of the plan and the verify

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import docker.types
 import pytest
 
-from .clients import have_gpu, jupyter_get, published_port, run_in_kernel, wait_for, wait_for_jupyter
+from .clients import jupyter_get, needs_gpu, published_port, run_in_kernel, wait_for, wait_for_jupyter
 from .dockerutil import container
 
 pytestmark = pytest.mark.docker
@@ -98,9 +98,8 @@ def test_image_holds_no_token_or_password(built, docker_client, containers):
 
 
 @pytest.mark.gpu
+@needs_gpu
 def test_kernel_sees_the_gpus(built, containers):
-    if not have_gpu():
-        pytest.skip("no GPU: nvidia-smi sees none on this machine")
     token = secrets.token_urlsafe(24)
     gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     box = containers.start(built["jupyter"].tag, environment={"JUPYTER_TOKEN": token},

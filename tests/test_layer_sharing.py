@@ -13,7 +13,7 @@ import requests
 
 from pytorch_cuda import plan
 
-from .dockerutil import build_failure, build_py, registry_bytes, removing_new_dangling_images
+from .dockerutil import build_failure, build_py, registry_bytes
 
 pytestmark = [pytest.mark.docker, pytest.mark.release]
 
@@ -29,41 +29,48 @@ def _stored_bytes(url: str, repository: str, tag: str) -> int:
 
 
 def test_tags_with_the_same_nvidia_pins_share_layers_and_the_second_push_is_small(built, real_matrix, registry,
-                                                                                 docker_client):
+                                                                                 docker_client, builds_here):
     newer = built["runtime"]
     older = plan.image_specs(real_matrix, [real_matrix.resolve(cuda="12.1", torch="2.4.0")], variants=("runtime",))[0]
     assert dict(older.runtime_pins)["torch"] == "2.4.0" and dict(newer.runtime_pins)["torch"] == "2.4.1"
     nvidia = [layer for layer in newer.layer_plan if layer.comment.startswith("NVIDIA")]
     pushed: list[str] = []
     address, url, box = registry  # the session's: test_registry pushes 2.4.1 to it too
-    with removing_new_dangling_images(docker_client):
-        try:
-            result = build_py("--torch", "2.4.0", "--cuda", "12.1", "--variant", "runtime", "--no-alias", timeout=2400)
-            assert result.returncode == 0, build_failure(result)
-            old_layers = docker_client.images.get(older.tag).attrs["RootFS"]["Layers"]
-            new_layers = docker_client.images.get(newer.tag).attrs["RootFS"]["Layers"]
-            # base, then the NVIDIA layers, then triton and the other packages: the same bytes
-            shared = 1 + len(nvidia) + 1  # the base, NVIDIA's, triton
-            assert old_layers[:shared] == new_layers[:shared]
-            torch_at = 1 + [layer.packages for layer in newer.layer_plan].index(("torch", "torchvision", "torchaudio"))
-            assert old_layers[torch_at] != new_layers[torch_at]
-            assert old_layers[torch_at + 1] == new_layers[torch_at + 1]  # every other package: same pins
+    # 2.4.0 stays, with its builder stage, as every image a test builds: the next run's build is all cache hits.
+    try:
+        result = build_py("--torch", "2.4.0", "--cuda", "12.1", "--variant", "runtime", "--no-alias", timeout=2400)
+        assert result.returncode == 0, build_failure(result)
+        # The wheel cache: after 2.4.1, only the wheels whose pins differ are downloaded (none when
+        # an earlier run left them in the cache).
+        differing = {name for name, version in older.runtime_pins if dict(newer.runtime_pins).get(name) != version}
+        [said] = [line for line in result.stderr.splitlines() if line.startswith("wheel cache: ") and "2.4.0" in line]
+        downloaded = int(said.split(" downloaded")[0].rsplit(" ", 1)[-1])
+        print(f"\n{said} (pins that differ from 2.4.1: {', '.join(sorted(differing))})")
+        assert downloaded <= len(differing) < len(older.runtime_pins) / 4, said
+        old_layers = docker_client.images.get(older.tag).attrs["RootFS"]["Layers"]
+        new_layers = docker_client.images.get(newer.tag).attrs["RootFS"]["Layers"]
+        # base, then the NVIDIA layers, then triton and the other packages: the same bytes
+        shared = 1 + len(nvidia) + 1  # the base, NVIDIA's, triton
+        assert old_layers[:shared] == new_layers[:shared]
+        torch_at = 1 + [layer.packages for layer in newer.layer_plan].index(("torch", "torchvision", "torchaudio"))
+        assert old_layers[torch_at] != new_layers[torch_at]
+        assert old_layers[torch_at + 1] == new_layers[torch_at + 1]  # every other package: same pins
 
-            # What the registry stores for the first tag (read from its manifest, whichever test
-            # pushed those layers first), then the bytes the second tag's push adds to its blobs.
-            stored = []
-            for spec in (newer, older):
-                ref = f"{address}/layers/{spec.tag}"
-                docker_client.images.get(spec.tag).tag(ref)
-                pushed.append(ref)
-                for line in docker_client.images.push(ref, stream=True, decode=True):
-                    assert "error" not in line, line
-                stored.append(registry_bytes(box))
-            first, second = _stored_bytes(url, "layers/pytorch-cuda", newer.tag.rsplit(":", 1)[1]), stored[1] - stored[0]
-            print(f"\nfirst push ({newer.tag}): {first / 1e9:.2f} GB; second ({older.tag}): {second / 1e9:.2f} GB "
-                  f"= {second / first:.1%}")
-            assert 0 < second <= SECOND_PUSH_SHARE * first
-        finally:
-            for ref in [*pushed, older.tag]:
-                with contextlib.suppress(docker.errors.APIError):
-                    docker_client.images.remove(ref, force=ref == older.tag)
+        # What the registry stores for the first tag (read from its manifest, whichever test
+        # pushed those layers first), then the bytes the second tag's push adds to its blobs.
+        stored = []
+        for spec in (newer, older):
+            ref = f"{address}/layers/{spec.tag}"
+            docker_client.images.get(spec.tag).tag(ref)
+            pushed.append(ref)
+            for line in docker_client.images.push(ref, stream=True, decode=True):
+                assert "error" not in line, line
+            stored.append(registry_bytes(box))
+        first, second = _stored_bytes(url, "layers/pytorch-cuda", newer.tag.rsplit(":", 1)[1]), stored[1] - stored[0]
+        print(f"\nfirst push ({newer.tag}): {first / 1e9:.2f} GB; second ({older.tag}): {second / 1e9:.2f} GB "
+              f"= {second / first:.1%}")
+        assert 0 < second <= SECOND_PUSH_SHARE * first
+    finally:
+        for ref in pushed:
+            with contextlib.suppress(docker.errors.APIError):
+                docker_client.images.remove(ref)

@@ -12,7 +12,7 @@ from .dockerutil import build_failure, build_py
 
 pytestmark = [pytest.mark.docker, pytest.mark.release]
 
-def test_push_verify_then_pull_by_digest(registry, built, docker_client):
+def test_push_verify_then_pull_by_digest(registry, built, docker_client, builds_here):
     address, url, _ = registry
     spec = built["runtime"]
     prefix = f"{address}/team"
@@ -23,7 +23,9 @@ def test_push_verify_then_pull_by_digest(registry, built, docker_client):
         result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
                           "--registry", prefix, "--verify", "--push", timeout=2400)
         assert result.returncode == 0, build_failure(result)
-        assert "passed" in result.stdout and f"pushing {pushed} {alias}" in result.stderr
+        # --verify ran verify in the image, and its verdict is in the image's row of the summary table
+        summary_row = next(line for line in result.stdout.splitlines() if line.startswith(pushed))
+        assert "passed" in summary_row and f"pushing {pushed} {alias}" in result.stderr
 
         tags = requests.get(f"{url}/v2/team/pytorch-cuda/tags/list", timeout=10).json()["tags"]
         assert sorted(tags) == sorted([pushed.rsplit(":", 1)[1], alias.rsplit(":", 1)[1]])

@@ -14,8 +14,8 @@ from .clients import (
     ComposeProject,
     SshClient,
     compose_project,
-    have_gpu,
     host_key_fingerprint,
+    needs_gpu,
     published_port,
     wait_for,
 )
@@ -173,9 +173,8 @@ def _running_services(project: ComposeProject) -> list[str]:
 
 
 @pytest.mark.gpu
+@needs_gpu
 def test_a_session_sees_the_gpus(built, containers, client):
-    if not have_gpu():
-        pytest.skip("no GPU: nvidia-smi sees none on this machine")
     gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
     box = containers.start(built["ssh"].tag, environment={"PUBLIC_KEY": client.public_key},
                            ports=LOCAL_RANDOM_PORT, device_requests=gpus)

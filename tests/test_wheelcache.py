@@ -12,7 +12,7 @@ import pytest
 from pytorch_cuda import wheelcache
 from pytorch_cuda.render import BUILDER_TOOLS_LOCK
 
-from .dockerutil import _free_port
+from .dockerutil import free_port
 
 
 def test_the_cache_lives_where_the_variable_or_xdg_says_else_in_the_home_cache():
@@ -73,7 +73,7 @@ def server(tmp_path):
     (tmp_path / "torch-2.4.1-cp311-cp311-manylinux1_x86_64.whl").write_bytes(b"torch wheel")
     (tmp_path / "triton-3.0.0-cp311-cp311-manylinux_2_17_x86_64.whl").write_bytes(b"triton wheel")
     (tmp_path / "notes.txt").write_text("not a wheel")
-    port = _free_port()
+    port = free_port()
     thread = threading.Thread(target=wheelcache.serve, args=(tmp_path, port, 1.5), daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
