@@ -230,7 +230,7 @@ def test_the_tests_workflow_runs_ci_run_as_root_with_the_release_tests_only_on_m
     argv = json.loads(result.stdout)
     assert argv[:2] == ["--preserve-env=CI,GITHUB_ACTIONS", "env"] and argv[2].startswith(f"PATH={tmp_path}:")
     assert argv[3:] == ["bash", ".ci/run", *args]
-    assert '.venv/bin/python -m pytest "$@"' in (REPO / ".ci" / "run").read_text()  # the arguments reach pytest
+    assert '.venv/bin/python -m pytest --durations=15 "$@"' in (REPO / ".ci" / "run").read_text()  # the arguments reach pytest
 
 
 # --- images.yml: what each job does --------------------------------------------------------------

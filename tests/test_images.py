@@ -67,8 +67,8 @@ def test_labels_match_the_matrix_and_the_inside(built, docker_client, containers
     code, out = containers.run(spec.tag, ["python", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
     assert out.strip() == labels["io.pytorch-cuda.python"]
     env = docker_client.images.get(spec.tag).attrs["Config"]["Env"]
-    # Minor version compatibility: any CUDA 12 driver (>= 525.60.13, which supports CUDA 12.0) runs it.
-    assert "NVIDIA_REQUIRE_CUDA=cuda>=12.0" in env
+    # Minor version compatibility: any driver of the CUDA major (for 12: >= 525.60.13, which supports 12.0) runs it.
+    assert f"NVIDIA_REQUIRE_CUDA=cuda>={build.cuda.split('.')[0]}.0" in env
     assert "NVIDIA_VISIBLE_DEVICES=all" in env
 
 

@@ -100,8 +100,10 @@ class _Tensors(Dataset):  # type: ignore[type-arg]  # Dataset is generic only in
 
 def iterate_loader(pin_memory: bool, fault: Optional[str] = None) -> int:
     """Iterate a DataLoader with worker processes; return the batches seen. Raises on wrong data."""
-    loader = DataLoader(_Tensors(fault), batch_size=BATCH, num_workers=WORKERS, pin_memory=pin_memory,
-                        timeout=60)
+    # No `timeout`: with one, DataLoader blocks that long on its queue before it looks at its workers, so a
+    # worker that died before its SIGCHLD could be told (killed at its first sample) took 60 s to be named.
+    # Without, it looks every 5 s (MP_STATUS_CHECK_INTERVAL); a worker that hangs meets the check's own timeout.
+    loader = DataLoader(_Tensors(fault), batch_size=BATCH, num_workers=WORKERS, pin_memory=pin_memory)
     batches = 0
     for number, batch in enumerate(loader):
         first = number * BATCH
