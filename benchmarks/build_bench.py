@@ -8,7 +8,10 @@
 4. rebuild after a change to the jupyter template only: is the torch layer reused?
 5. runtime image size against its lower bound: base image + installed size of its Python packages;
 6. with --devel-cuda: what the devel image adds to its runtime image (size, layers), against the
-   public pytorch/pytorch devel image of the same era (12.4 GiB uncompressed, quoted).
+   public pytorch/pytorch devel image of the same era (12.4 GiB uncompressed, quoted);
+7. with --second-tag 2.4.0: the wheel cache. A cold build of the runtime (--no-cache, an empty wheel
+   cache), then the second tag of the same NVIDIA pins (--no-cache too, so only the wheel cache helps),
+   printed as a ratio of the cold one; both under a throwaway registry prefix, removed after.
 """
 from __future__ import annotations
 
@@ -86,11 +89,52 @@ def devel_figures(client: docker.DockerClient, m: matrix.Matrix, cuda: str) -> l
     ]
 
 
+def remove_bench_images(client: docker.DockerClient, before: set[str]) -> None:
+    """The benchmark's tags, then the untagged builder stages it left (several GB); the real cache stays."""
+    for image in client.images.list(name=f"{BENCH_REGISTRY}/pytorch-cuda"):
+        for tag in image.tags:
+            client.images.remove(tag)
+    for image in client.images.list(filters={"dangling": True}):
+        if image.id not in before:
+            client.images.remove(image.id)
+
+
+def second_tag_figures(client: docker.DockerClient, m: matrix.Matrix, cuda: str, second: str) -> list[tuple[str, str]]:
+    """First tag cold with an empty wheel cache, then the second tag with the cache the first filled."""
+    first = m.resolve(cuda=cuda)
+    other = m.resolve(cuda=cuda, torch=second)
+    before = {image.id for image in client.images.list(all=True)}
+    with tempfile.TemporaryDirectory(prefix="bench-wheel-cache-") as cache:
+        # Its own cache and server port, so the figures do not depend on what this machine has cached.
+        os.environ.update(PYTORCH_CUDA_WHEEL_CACHE=cache, PYTORCH_CUDA_WHEEL_CACHE_PORT="38799")
+        try:
+            cold_s, cold = build_py("--torch", first.torch, "--cuda", cuda, "--variant", "runtime", "--no-cache",
+                                    "--no-alias", "--registry", BENCH_REGISTRY)
+            second_s, warm = build_py("--torch", other.torch, "--cuda", cuda, "--variant", "runtime", "--no-cache",
+                                      "--no-alias", "--registry", BENCH_REGISTRY)
+        finally:
+            del os.environ["PYTORCH_CUDA_WHEEL_CACHE"], os.environ["PYTORCH_CUDA_WHEEL_CACHE_PORT"]
+            subprocess.run(["pkill", "-f", f"wheelcache serve {cache}"], check=False)
+            remove_bench_images(client, before)
+
+    def fetched(result: subprocess.CompletedProcess) -> str:
+        return "; ".join(line.split(": ", 2)[-1] for line in result.stderr.splitlines() if line.startswith("wheel cache: ")
+                         and "downloaded" in line)
+
+    return [
+        (f"cold runtime {first.torch}-cuda{cuda} (--no-cache, empty wheel cache)", f"{cold_s:.1f} s ({fetched(cold)})"),
+        (f"then {other.torch}-cuda{cuda} (--no-cache, that wheel cache)", f"{second_s:.1f} s ({fetched(warm)})"),
+        ("second tag / cold", f"{second_s / cold_s:.2f} x (goal <= 0.4)"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cuda", default="12.1")
     parser.add_argument("--skip-cold", action="store_true", help="skip the pip download and cold build (minutes)")
     parser.add_argument("--devel-cuda", metavar="CUDA", help="also measure the devel image of this CUDA line")
+    parser.add_argument("--second-tag", metavar="TORCH", help="also time this torch release of --cuda after a cold "
+                                                              "build of the newest, with the wheel cache the first filled")
     args = parser.parse_args()
 
     client = docker.from_env(timeout=3600)
@@ -110,13 +154,7 @@ def main() -> None:
         cold_s, _ = build_py("--cuda", args.cuda, "--variant", "runtime", "--no-cache", "--registry", BENCH_REGISTRY)
         figures.append(("cold build of the runtime image (--no-cache)", f"{cold_s:.1f} s"))
         figures.append(("cold build / pip download", f"{cold_s / download_s:.2f} x"))
-        # Its tags, then the untagged builder stage it left (several GB); the real cache stays.
-        for image in client.images.list(name=f"{BENCH_REGISTRY}/pytorch-cuda"):
-            for tag in image.tags:
-                client.images.remove(tag)
-        for image in client.images.list(filters={"dangling": True}):
-            if image.id not in before:
-                client.images.remove(image.id)
+        remove_bench_images(client, before)
 
     rebuild_s, _ = build_py("--cuda", args.cuda)
     figures.append(("no-change rebuild of runtime + jupyter + ssh", f"{rebuild_s:.1f} s"))
@@ -149,6 +187,8 @@ def main() -> None:
 
     if args.devel_cuda:
         figures.extend(devel_figures(client, m, args.devel_cuda))
+    if args.second_tag:
+        figures.extend(second_tag_figures(client, m, args.cuda, args.second_tag))
 
     print_figures(f"pytorch-cuda build benchmark: torch {build.torch}, CUDA {build.cuda}, {os.cpu_count()} CPUs",
                   figures)

@@ -79,19 +79,18 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return FULL_RUN_WORKERS
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups into the test ids
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        path = item.path.as_posix()
-        if path.endswith("tests/cuda13/test_arm64.py"):
-            group = ARM64_GROUP
-        elif "/tests/cuda13/" in path:
-            group = CUDA13_GROUP
-        elif "built" in getattr(item, "fixturenames", ()):
-            group = RELEASE_GROUP if item.get_closest_marker("release") else CUDA12_GROUP
-        else:
-            continue
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """The item's group, as it is collected: before any collection_modifyitems, xdist's (which reads it) included."""
+    path = item.path.as_posix()
+    if path.endswith("tests/cuda13/test_arm64.py"):
+        group = ARM64_GROUP
+    elif "/tests/cuda13/" in path:
+        group = CUDA13_GROUP
+    elif "built" in getattr(item, "fixturenames", ()):
+        group = RELEASE_GROUP if item.get_closest_marker("release") else CUDA12_GROUP
+    else:
+        return
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
