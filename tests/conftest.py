@@ -6,9 +6,9 @@ from typing import Iterator
 
 import pytest
 
-from pytorch_cuda import hostlock, matrix, plan
+from pytorch_cuda import matrix, plan
 
-from .dockerutil import TrackedContainers, build_failure, build_py, local_registry
+from .dockerutil import TrackedContainers, build_failure, build_py, local_registry, one_build_at_a_time
 
 BUILD_CUDA = "12.1"  # the integration build: PyPI's newest torch for CUDA 12.1
 
@@ -151,7 +151,7 @@ def built(docker_client, real_matrix, given_images) -> BuiltImages:
     """
     if given_images:
         return BuiltImages(_specs_of_given(docker_client, real_matrix, given_images), "", given=True)
-    with hostlock.held(f"tests-build-cuda{BUILD_CUDA}"):
+    with one_build_at_a_time(BUILD_CUDA):
         result = build_py("--cuda", BUILD_CUDA, timeout=3600)
     assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{build_failure(result)}"
     specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -127,28 +128,51 @@ def wait_healthy(box, timeout: float = 60) -> None:
     raise AssertionError(f"{box.name} not healthy after {timeout} s")
 
 
-@contextlib.contextmanager
-def _removing_images_made(client: docker.DockerClient, untagged_only: bool) -> Iterator[None]:
-    """Remove the images a block makes (only the untagged ones, or all), never those there before."""
-    import docker.errors
+class BuildLeftovers:
+    """The images a test's own builds made, named by the builder's ' ---> <id>' lines (build.py --verbose,
+    or the build's stream): after the block, the untagged ones that were not there before are removed.
 
-    before = {image.id for image in client.images.list(all=True)}
-    try:
-        yield
-    finally:
-        for image in client.images.list(filters={"dangling": True} if untagged_only else None):
-            if image.id not in before:
-                with contextlib.suppress(docker.errors.APIError):
-                    client.images.remove(image.id, force=not untagged_only)
-
-
-def removing_new_dangling_images(client: docker.DockerClient) -> contextlib.AbstractContextManager[None]:
-    """Remove the untagged images a block leaves behind, and only those.
-
-    A throwaway build (--no-cache, a failing step) leaves its builder stage as an untagged image
-    of several GB; the images that were there before, the layer cache of real builds, stay.
+    Only those: other xdist workers build at the same time, and their half-made images are untagged too.
+    A throwaway build (--no-cache, a failing step) leaves its builder stage behind, several GB.
     """
-    return _removing_images_made(client, untagged_only=True)
+
+    _ID = re.compile(r"^\s*---> ([0-9a-f]{12})\s*$", re.M)
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self.before = {image.id for image in client.images.list(all=True)}
+        self.ids: list[str] = []
+
+    def saw(self, text: str) -> None:
+        """Note what a build said (its whole output, or one line of it)."""
+        self.ids += self._ID.findall(text)
+
+    def remove(self) -> None:
+        import docker.errors
+
+        for short in reversed(self.ids):  # the last step first: removing it takes its untagged parents along
+            with contextlib.suppress(docker.errors.APIError):
+                image = self.client.images.get(short)
+                if image.id not in self.before and not image.tags:
+                    self.client.images.remove(image.id)
+
+
+@contextlib.contextmanager
+def removing_leftovers_of_builds(client: docker.DockerClient) -> Iterator[BuildLeftovers]:
+    leftovers = BuildLeftovers(client)
+    try:
+        yield leftovers
+    finally:
+        leftovers.remove()
+
+
+def one_build_at_a_time(cuda: str) -> contextlib.AbstractContextManager[None]:
+    """Builds of one CUDA line's Dockerfiles, one at a time across the xdist workers: the classic builder
+    takes the newest image that matches a step as its cache, so a --no-cache build of the same Dockerfile
+    running beside a cached one sends the cached one down the half-made chain (a step runs again)."""
+    from pytorch_cuda import hostlock
+
+    return hostlock.held(f"tests-build-cuda{cuda}")
 
 
 REGISTRY_IMAGE = "pytorch-cuda-test/registry:debian"

@@ -11,7 +11,14 @@ import pytest
 from pytorch_cuda import ca, lockfile
 from verify.packages import canonical
 
-from .dockerutil import TrackedContainers, build_failure, build_py, free_port, removing_new_dangling_images
+from .dockerutil import (
+    TrackedContainers,
+    build_failure,
+    build_py,
+    free_port,
+    one_build_at_a_time,
+    removing_leftovers_of_builds,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -134,7 +141,8 @@ def test_variants_share_the_runtime_layers(built, docker_client):
 
 
 def test_no_change_rebuild_is_all_cache_hits(built, builds_here):
-    result = build_py("--cuda", built["runtime"].build.cuda, "--verbose", timeout=900)
+    with one_build_at_a_time(built["runtime"].build.cuda):
+        result = build_py("--cuda", built["runtime"].build.cuda, "--verbose", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "Running in" not in output, "a step ran again although nothing changed"
@@ -145,9 +153,10 @@ def test_failing_step_leaves_no_tag(built, docker_client, builds_here):
     """pip in the build cannot reach the given index: exit 1, a one-line error, no tag applied (and --keep-going
     goes on). Without the wheel cache, so that it is the build's own pip step that fails."""
     registry = "localhost:5999/pytorch-cuda-failtest"
-    with removing_new_dangling_images(docker_client):
+    with one_build_at_a_time(built["runtime"].build.cuda), removing_leftovers_of_builds(docker_client) as leftovers:
         result = build_py("--cuda", built["runtime"].build.cuda, "--registry", registry, "--keep-going",
                           "--no-wheel-cache", "--index-url", "http://127.0.0.1:9/simple", timeout=900)
+        leftovers.saw(result.stdout + result.stderr)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "failed" in result.stdout and "skipped" in result.stdout  # summary: runtime failed, variants skipped
     # One short line names the step and its exit code (not the kilobytes of the pip step's command);
@@ -208,10 +217,12 @@ def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_
     registry = "pytorch-cuda-repro.invalid"
     spec = built["runtime"]
     again = f"{registry}/{spec.tag}"
-    with removing_new_dangling_images(docker_client):  # the second builder stage: about 5 GB
+    # the second builder stage (about 5 GB) goes after
+    with one_build_at_a_time(spec.build.cuda), removing_leftovers_of_builds(docker_client) as leftovers:
         try:
             result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
-                              "--no-cache", "--no-alias", "--registry", registry, timeout=2400)
+                              "--no-cache", "--no-alias", "--registry", registry, "--verbose", timeout=2400)
+            leftovers.saw(result.stdout + result.stderr)
             assert result.returncode == 0, build_failure(result)
             # The wheel cache served every wheel: pip's download into it found each file there.
             said = [line for line in result.stderr.splitlines() if line.startswith("wheel cache: ")]

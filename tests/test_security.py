@@ -15,10 +15,10 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from pytorch_cuda.engine import DockerEngine
+from pytorch_cuda.engine import BuildEvents, DockerEngine
 from verify import sbom
 
-from .dockerutil import build_py, removing_new_dangling_images, unique
+from .dockerutil import build_py, removing_leftovers_of_builds, unique
 
 pytestmark = pytest.mark.docker
 
@@ -140,8 +140,8 @@ def test_an_old_openssl_is_found_and_named(built, docker_client, osv_without_fin
     context.seek(0)
     tag = f"pytorch-cuda-old-openssl:{unique('t')}"
     engine = DockerEngine(docker_client)
-    with removing_new_dangling_images(docker_client):
-        engine.tag(engine.build(tag, context, "Dockerfile", {}), (tag,))
+    with removing_leftovers_of_builds(docker_client) as leftovers:
+        engine.tag(engine.build(tag, context, "Dockerfile", {}, events=BuildEvents(on_line=leftovers.saw)), (tag,))
         try:
             result = build_py("--audit", tag, env=osv_without_findings, timeout=900)
         finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from .clients import published_port, run_in_kernel, wait_for_jupyter
-from .dockerutil import removing_new_dangling_images, unique
+from .dockerutil import removing_leftovers_of_builds, unique
 from .wheels import make_wheel
 
 pytestmark = pytest.mark.docker
@@ -107,8 +107,10 @@ def test_a_derived_image_installs_a_package_and_imports_it_with_torch(built, doc
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
     tag = f"pytorch-cuda-derived:{unique('test')}"
-    with removing_new_dangling_images(docker_client):
-        docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
+    with removing_leftovers_of_builds(docker_client) as leftovers:
+        _, log = docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True)
+        for chunk in log:
+            leftovers.saw(str(chunk.get("stream", "")))
         try:
             code, out = containers.run(tag, ["python", "-c", "import torch, pcuda_demo; print(torch.__version__)"])
             assert code == 0 and out.strip().startswith("2.4.1"), out

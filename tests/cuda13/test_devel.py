@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from pytorch_cuda import plan
-from pytorch_cuda.engine import DockerEngine
+from pytorch_cuda.engine import BuildEvents, DockerEngine
 from pytorch_cuda.errors import BuildFailed
 
 from ..clients import have_gpu
-from ..dockerutil import removing_new_dangling_images, unique
+from ..dockerutil import removing_leftovers_of_builds, unique
 
 pytestmark = pytest.mark.docker
 
@@ -101,8 +101,9 @@ def test_a_compiler_of_another_cuda_fails_the_build(devel, docker_client):
         info.size = len(dockerfile.encode())
         tar.addfile(info, io.BytesIO(dockerfile.encode()))
     context.seek(0)
-    with removing_new_dangling_images(docker_client), pytest.raises(BuildFailed) as failed:
-        DockerEngine(docker_client).build(f"pytorch-cuda-mismatch:{unique('t')}", context, "Dockerfile", {})
+    with removing_leftovers_of_builds(docker_client) as leftovers, pytest.raises(BuildFailed) as failed:
+        DockerEngine(docker_client).build(f"pytorch-cuda-mismatch:{unique('t')}", context, "Dockerfile", {},
+                                          events=BuildEvents(on_line=leftovers.saw))
     told = "\n".join(failed.value.log_tail)
     assert "nvcc is CUDA 12.9 but torch is built with CUDA 13.0" in told, told
 
