@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import subprocess
+import sys
 
 import docker.errors
 import pytest
@@ -12,6 +14,7 @@ from pytorch_cuda import ca, lockfile
 from verify.packages import canonical
 
 from .dockerutil import (
+    REPO,
     TrackedContainers,
     build_failure,
     build_py,
@@ -242,3 +245,18 @@ def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_
             with contextlib.suppress(docker.errors.ImageNotFound):
                 # force: the stopped containers of _freeze hold it until the `containers` fixture removes them
                 docker_client.images.remove(again, force=True)
+
+
+def test_the_suite_tests_a_given_image_without_building_it(built, builds_here, tmp_path):
+    """`pytest --image REF`: the image tests run against that image; a test that builds, or one that needs a
+    variant not given, skips. Run as a user would, in a pytest of its own."""
+    runtime = built["runtime"].tag
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-rs", "--image", runtime,
+         "tests/test_images.py::test_torch_reports_the_tags_cuda", "tests/test_images.py::test_no_change_rebuild_is_all_cache_hits",
+         "tests/test_images.py::test_variants_share_the_runtime_layers", f"--basetemp={tmp_path / 'inner'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, said[-3000:]
+    assert "1 passed, 2 skipped" in said, said[-3000:]
+    assert "--image: this test builds images" in said and f"no jupyter image among --image {runtime}" in said, said
