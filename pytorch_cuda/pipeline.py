@@ -72,11 +72,13 @@ def declared_args(dockerfile: str) -> set[str]:
     return set(_ARG.findall(dockerfile))
 
 
-def build_args(spec: ImageSpec, dockerfile: str, index_url: str | None, ca_value: str) -> dict[str, str]:
-    """Only the build args this Dockerfile declares."""
+def build_args(spec: ImageSpec, dockerfile: str, index_url: str | None, ca_value: str,
+               runtime_image: str | None = None) -> dict[str, str]:
+    """Only the build args this Dockerfile declares. `runtime_image`: what a variant builds FROM (the
+    runtime's content image when it was built in this run, else its tag)."""
     offered = {
         "BASE_IMAGE": spec.base_image,
-        "RUNTIME_IMAGE": spec.runtime_tag,
+        "RUNTIME_IMAGE": runtime_image or spec.runtime_tag,
         # A variant's own packages come from PyPI (or the mirror given), not from a per-CUDA index.
         "PIP_INDEX_URL": index_url or (spec.build.index_url if spec.variant == "runtime" else ""),
         "PIP_CA_CERT": ca_value,
@@ -154,38 +156,42 @@ def fill_wheel_cache(spec: ImageSpec, options: BuildOptions, say: Callable[[str]
 
 
 def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions, progress: Progress,
-              index: int, total: int) -> tuple[BuildResult, str | None]:
-    """Render and build one image and tag it: (result, image ID or None when the build failed)."""
+              index: int, total: int, runtime_image: str | None = None) -> tuple[BuildResult, str | None, str | None]:
+    """Render and build one image and tag it: (result, image ID, content image ID), the IDs None when the
+    build failed. The content image is the build's own result, before the labels that change without its
+    content changing (the SBOM's digest, the git revision); variants build FROM it, so a new commit that
+    changes no file of the image rebuilds none of them."""
     dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), options.templates)
     progress.start(index, total, spec.tag)
-    args = build_args(spec, dockerfile, options.index_url, options.ca_value)
+    args = build_args(spec, dockerfile, options.index_url, options.ca_value, runtime_image)
     cached = options.wheel_cache is not None and "PIP_INDEX_URL" in declared_args(dockerfile)
     try:
         if cached:
             args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
-        image_id = engine.build(
+        content_id = engine.build(
             spec.tag, make_context(context_files(spec, dockerfile)), render.repo_path(spec.dockerfile),
-            args, nocache=options.no_cache, labels=options.labels, host_network=cached,
+            args, nocache=options.no_cache, host_network=cached,
             events=BuildEvents(on_step=progress.step, on_line=progress.line),
         )
     except wheelcache.WheelCacheError as err:
         progress.finish("FAILED")
         progress.say(f"error: wheels of {spec.tag}: {err}")
-        return BuildResult(spec.tag, "failed", progress.elapsed(), note=str(err)[:80]), None
+        return BuildResult(spec.tag, "failed", progress.elapsed(), note=str(err)[:80]), None, None
     except BuildFailed as err:
         progress.finish("FAILED")
         for line in err.log_tail[-12:]:
             progress.say(f"    | {line}")
         progress.say(f"error: {err}")
-        return BuildResult(spec.tag, "failed", progress.elapsed(), note=err.message[:80]), None
-    # The SBOM the build wrote is known only now: its digest becomes a label (a metadata-only step).
-    bom = engine.read_file(image_id, contract.SBOM_PATH)
-    if bom is not None:
-        image_id = engine.relabel(image_id, {contract.SBOM_LABEL: sbom.digest(bom.decode())})
+        return BuildResult(spec.tag, "failed", progress.elapsed(), note=err.message[:80]), None, None
+    # The SBOM the build wrote is known only now: its digest becomes a label, with the git revision (one
+    # metadata-only step on top of the content image).
+    bom = engine.read_file(content_id, contract.SBOM_PATH)
+    labels = {**({contract.SBOM_LABEL: sbom.digest(bom.decode())} if bom is not None else {}), **options.labels}
+    image_id = engine.relabel(content_id, labels) if labels else content_id
     # Tags only now: a failed build never leaves a tag pointing at a half-made image.
     engine.tag(image_id, (spec.tag,))
     progress.finish("built")
-    return BuildResult(spec.tag, "built", progress.elapsed(), engine.image_size(spec.tag)), image_id
+    return BuildResult(spec.tag, "built", progress.elapsed(), engine.image_size(spec.tag)), image_id, content_id
 
 
 def verify_and_alias(engine: Engine, spec: ImageSpec, image_id: str, result: BuildResult, options: BuildOptions,
@@ -257,12 +263,16 @@ def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions
             progress.say(f"base image {base}: {how}")
     results: list[BuildResult] = []
     failed_runtimes: set[str] = set()
+    content_images: dict[str, str] = {}  # runtime tag -> its content image, which its variants build FROM
     for index, spec in enumerate(specs, 1):
         if spec.variant != "runtime" and spec.runtime_tag in failed_runtimes:
             results.append(BuildResult(spec.tag, "skipped", note=f"{spec.runtime_tag} failed"))
             continue
-        result, image_id = build_one(engine, m, spec, options, progress, index, len(specs))
+        result, image_id, content_id = build_one(engine, m, spec, options, progress, index, len(specs),
+                                                 runtime_image=content_images.get(spec.runtime_tag))
         results.append(result)
+        if spec.variant == "runtime" and content_id is not None:
+            content_images[spec.tag] = content_id
         if image_id is None:
             if spec.variant == "runtime":
                 failed_runtimes.add(spec.tag)

@@ -65,12 +65,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 # Heavy chains of image tests, each kept on one xdist worker (pytest.ini: --dist loadgroup) so that they run
 # beside each other and beside the unit tests, which any worker takes.
-ARM64_GROUP, CUDA13_GROUP, CUDA12_GROUP, RELEASE_GROUP = "arm64", "cuda13", "cuda12.1", "release"
+ARM64_GROUP, CUDA13_GROUP, CUDA12_GROUP, RELEASE_GROUP, LAYERS_GROUP = "arm64", "cuda13", "cuda12.1", "release", "layers"
 
 
 # One worker per heavy group plus two for the unit tests; a run without the image tests needs no more
 # workers than the machine has cores (the unit tests are CPU-bound).
-FULL_RUN_WORKERS = 6
+FULL_RUN_WORKERS = 7
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -86,6 +86,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         group = ARM64_GROUP
     elif "/tests/cuda13/" in path:
         group = CUDA13_GROUP
+    elif path.endswith("tests/test_layer_sharing.py"):  # 2.4.0's build and pushes, beside the --no-cache rebuild
+        group = LAYERS_GROUP
     elif "built" in getattr(item, "fixturenames", ()):
         group = RELEASE_GROUP if item.get_closest_marker("release") else CUDA12_GROUP
     else:

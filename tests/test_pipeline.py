@@ -31,6 +31,7 @@ class FakeEngine:
     relabelled: list[dict] = field(default_factory=list)
     loopback: bool = True  # whether its builds reach this host's 127.0.0.1
     build_calls: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)  # tag -> (args, host net)
+    build_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # tag -> labels given to its build
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None,
@@ -38,6 +39,7 @@ class FakeEngine:
         assert context.read(1), "an empty build context"
         self.built.append(tag)
         self.build_calls[tag] = (dict(buildargs), host_network)
+        self.build_labels[tag] = dict(labels or {})
         if tag in self.fail_builds:
             raise BuildFailed(tag, "step 7/20 (RUN pip install)", "exit code 1", ["ERROR: no such package"])
         return f"sha256:{len(self.built):064d}"
@@ -263,7 +265,8 @@ def test_with_the_wheel_cache_pip_steps_read_from_loopback_and_the_rest_build_as
     runtime_args, runtime_host = engine.build_calls[RUNTIME]
     assert runtime_args["PIP_INDEX_URL"] == "http://127.0.0.1:40001/simple/" and runtime_host
     assert engine.build_calls[JUPYTER][0]["PIP_INDEX_URL"] == "http://127.0.0.1:40001/simple/"
-    assert engine.build_calls[SSH] == ({"RUNTIME_IMAGE": RUNTIME}, False)  # no pip step: no cache, no host network
+    # no pip step: no cache, no host network; FROM the runtime this run built (its content image)
+    assert engine.build_calls[SSH] == ({"RUNTIME_IMAGE": f"sha256:{1:064d}"}, False)
     runtime_spec = specs(m)[0]
     assert fetched == [(render_path(runtime_spec.lock), "amd64", runtime_spec.build.index_url),
                        (render_path(specs(m)[1].lock), "amd64", matrix.PYPI_URL)]
@@ -300,3 +303,26 @@ def test_an_engine_that_cannot_reach_loopback_builds_without_the_cache_and_says_
     assert fetched == [] and "PIP_INDEX_URL" not in engine.build_calls[JUPYTER][0]
     assert engine.build_calls[RUNTIME][1] is False
     assert "wheel cache: off (this engine's builds cannot reach this host's loopback" in stream.getvalue()
+
+
+def test_variants_build_from_the_runtimes_content_image_so_a_new_revision_rebuilds_none_of_them(m):
+    """The git revision and the SBOM digest are labels added on top of what was built: the runtime's tag
+    carries them, its variants build FROM the image under them, which a new commit does not change."""
+    runs = []
+    for revision in ("1111111", "2222222"):
+        engine = FakeEngine()
+        build(engine, m, specs(m), labels={"org.opencontainers.image.revision": revision})
+        runs.append(engine)
+        runtime_built = f"sha256:{1:064d}"
+        assert engine.build_calls[JUPYTER][0]["RUNTIME_IMAGE"] == runtime_built
+        assert engine.tags[RUNTIME] == runtime_built + "+labels"  # users pull the labelled one
+        assert engine.relabelled[0]["org.opencontainers.image.revision"] == revision
+        assert "io.pytorch-cuda.sbom-digest" in engine.relabelled[0]
+    assert runs[0].build_calls == runs[1].build_calls  # the builds themselves: the same inputs, the same cache
+    assert runs[0].build_labels == runs[1].build_labels == {tag: {} for tag in (RUNTIME, JUPYTER, SSH)}
+
+
+def test_a_variant_built_alone_builds_on_the_runtimes_tag(m):
+    engine = FakeEngine()
+    build(engine, m, specs(m, variants=("jupyter",)))
+    assert engine.build_calls[JUPYTER][0]["RUNTIME_IMAGE"] == RUNTIME
