@@ -6,7 +6,7 @@ from typing import Iterator
 
 import pytest
 
-from pytorch_cuda import matrix, plan
+from pytorch_cuda import hostlock, matrix, plan
 
 from .dockerutil import TrackedContainers, build_failure, build_py, local_registry, one_build_at_a_time
 
@@ -89,7 +89,10 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     elif path.endswith("tests/test_layer_sharing.py"):  # 2.4.0's build and pushes, beside the --no-cache rebuild
         group = LAYERS_GROUP
     elif "built" in getattr(item, "fixturenames", ()):
-        group = RELEASE_GROUP if item.get_closest_marker("release") else CUDA12_GROUP
+        # Tests that build 12.1 images wait for the --no-cache rebuild (one_build_at_a_time): they run on its
+        # worker, before it, rather than hold up the worker of the tests that only run the images.
+        builds = item.get_closest_marker("release") or "builds_here" in item.fixturenames
+        group = RELEASE_GROUP if builds else CUDA12_GROUP
     else:
         return
     item.add_marker(pytest.mark.xdist_group(group))
@@ -153,10 +156,17 @@ def built(docker_client, real_matrix, given_images) -> BuiltImages:
     """
     if given_images:
         return BuiltImages(_specs_of_given(docker_client, real_matrix, given_images), "", given=True)
-    with one_build_at_a_time(BUILD_CUDA):
-        result = build_py("--cuda", BUILD_CUDA, timeout=3600)
-    assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{build_failure(result)}"
     specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])
+    # The first worker builds; the others find its output and run no build of their own, so none of them
+    # waits behind a --no-cache rebuild that holds the line's build turn.
+    done = hostlock.lock_dir() / f"tests-built-cuda{BUILD_CUDA}-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}.out"
+    with hostlock.held(f"tests-built-cuda{BUILD_CUDA}"):
+        if done.exists():
+            return BuiltImages({spec.variant: spec for spec in specs}, done.read_text(), given=False)
+        with one_build_at_a_time(BUILD_CUDA):
+            result = build_py("--cuda", BUILD_CUDA, timeout=3600)
+        assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{build_failure(result)}"
+        done.write_text(result.stdout + result.stderr)
     return BuiltImages({spec.variant: spec for spec in specs}, result.stdout + result.stderr, given=False)
 
 
