@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from verify.packages import canonical  # PEP 503's name rule, the one the image's checks use
+
 from . import hostlock
 
 DEFAULT_PORT = 38741
@@ -83,15 +85,10 @@ def index_url(port_number: int) -> str:
     return f"http://127.0.0.1:{port_number}/simple/"
 
 
-def normalize(name: str) -> str:
-    """A project name as PEP 503 compares them."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def project_of(filename: str) -> str | None:
     """The normalized project of a wheel file name, or None for anything that is not a wheel."""
     match = _WHEEL_NAME.match(filename)
-    return normalize(match.group(1)) if match and filename.endswith(".whl") else None
+    return canonical(match.group(1)) if match and filename.endswith(".whl") else None
 
 
 def project_page(directory: Path, project: str) -> str | None:
@@ -228,7 +225,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path == MARKER:
             return self._reply(200, "text/plain", str(self.directory).encode())
         if path.startswith("/simple/"):
-            page = project_page(self.directory, normalize(path[len("/simple/"):].strip("/")))
+            page = project_page(self.directory, canonical(path[len("/simple/"):].strip("/")))
             if page is None:
                 return self._reply(404, "text/plain", b"not in the wheel cache\n")
             return self._reply(200, "text/html", page.encode())
