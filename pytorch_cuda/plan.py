@@ -24,6 +24,10 @@ IMAGE_UID = 1000
 # The image's group is root (gid 0), as OpenShift expects of images: a container started under any
 # uid gets group 0, and the venv and /workspace are group-writable, so `pip install` works for it too.
 IMAGE_GID = 0
+# Its home, group-writable and the image's ENV HOME: a uid with no passwd entry (OpenShift) gets it too.
+IMAGE_HOME = f"/home/{IMAGE_USER}"
+# The image config's USER, numeric: Kubernetes' runAsNonRoot can check a number, never a name.
+IMAGE_USER_SPEC = f"{IMAGE_UID}:{IMAGE_GID}"
 
 
 def architecture_of(platform: str) -> str:

@@ -13,7 +13,7 @@ from verify import manifest as contract
 
 from . import layers, lockfile
 from .matrix import REPO_ROOT, Matrix
-from .plan import IMAGE_GID, IMAGE_UID, IMAGE_USER, ImageSpec
+from .plan import IMAGE_GID, IMAGE_HOME, IMAGE_UID, IMAGE_USER, IMAGE_USER_SPEC, ImageSpec
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 # Lays the runtime's venv out as component layers inside the builder stage (a build context file).
@@ -50,6 +50,8 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         user=IMAGE_USER,
         uid=IMAGE_UID,
         gid=IMAGE_GID,
+        home=IMAGE_HOME,
+        image_user=IMAGE_USER_SPEC,
         dockerfile_path=repo_path(spec.dockerfile),
         constraints_path=repo_path(spec.constraints),
         manifest_path=repo_path(spec.manifest),

@@ -71,7 +71,7 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     assert copies == [("builder", name) for name in plan_names] + [("verify-layer", f"{len(plan_names) + 1:02d}-verify")]
     assert final.index("COPY --from=verify-layer") < final.index("apt-get")
     assert "/opt/" not in re.sub(r"(?m)^(#|ENV|    |RUN /opt/venv/bin/python -m verify.sbom).*$", "", final)  # no tree copied twice
-    assert re.search(r"^USER pytorch$", final, re.M)
+    assert re.search(r"^USER 1000:0$", final, re.M)  # numeric: runAsNonRoot can check it
     assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.0"' in final  # the CUDA 12 floor, not 12.1's own driver
     assert "NVIDIA_VISIBLE_DEVICES=all" in final and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in final
     for package in ("gcc", "g++", "python3-dev"):

@@ -11,13 +11,14 @@ import pwd
 import re
 import shutil
 import sysconfig
+import tempfile
 import time
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from verify import compat
-from verify.checks._common import compare, gpu_missing_reason
+from verify.checks._common import compare, gpu_missing_reason, root_cause
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -67,6 +68,62 @@ def compiler_crash(error_text: str) -> Optional[str]:
             "ATEN_CPU_CAPABILITY=default makes Inductor write plain C++ that it compiles")
 
 
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def noexec_mount(path: str, mountinfo: str) -> Optional[str]:
+    """The mount point that holds `path` when it is mounted noexec, else None (from /proc/self/mountinfo)."""
+    best: Optional[Tuple[str, bool]] = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        point = _unescape(fields[4])
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):  # later mounts over the same point win
+            best = (point, "noexec" in fields[5].split(","))
+    return best[0] if best and best[1] else None
+
+
+def existing_parent(path: str) -> str:
+    """`path`, or its nearest parent that exists (a cache directory is made on first use), resolved."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return os.path.realpath(path)
+
+
+def cache_dirs(device: str, environ: Mapping[str, str], temp_dir: str) -> Dict[str, str]:
+    """Where torch.compile writes the code it then loads: Inductor's cache, and Triton's on the GPU."""
+    dirs = {"TORCHINDUCTOR_CACHE_DIR": environ.get("TORCHINDUCTOR_CACHE_DIR") or temp_dir}
+    if device == "cuda":
+        home = environ.get("HOME") or os.path.expanduser("~")
+        dirs["TRITON_CACHE_DIR"] = environ.get("TRITON_CACHE_DIR") or os.path.join(home, ".triton", "cache")
+    return dirs
+
+
+def noexec_problems(dirs: Mapping[str, str], mountinfo: str) -> List[str]:
+    """Each cache directory on a noexec mount, in words naming the variable that moves it."""
+    problems = []
+    for variable, directory in dirs.items():
+        point = noexec_mount(existing_parent(directory), mountinfo)
+        if point:
+            problems.append(f"{directory} is on {point}, which is mounted noexec, so the code torch.compile "
+                            f"builds there cannot be loaded: set {variable} to a directory that allows exec "
+                            "(e.g. docker run --tmpfs /tmp:exec)")
+    return problems
+
+
+def named_cause(cause: str, uid: int) -> str:
+    """The root cause, with the fix where it is a known one."""
+    if "getpwuid()" in cause:
+        return (f"uid {uid} has no user name (no passwd entry, USER unset), which Inductor asks for: "
+                f"set USER, or TORCHINDUCTOR_CACHE_DIR ({cause})")
+    return cause
+
+
 def _user() -> Dict[str, object]:
     uid = os.geteuid()
     try:
@@ -107,11 +164,17 @@ def run(ctx: CheckContext) -> Outcome:
         found.warn(not_gpu)
     user = _user()
     problems = missing_toolchain(device)
+    dirs = cache_dirs(device, os.environ, tempfile.gettempdir())
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+            problems += noexec_problems(dirs, handle.read())
+    except OSError:  # not Linux: nothing to say about mounts
+        pass
     found.figures.update(user)
     found.figures.update({"device": device, "backend": "inductor", "toolchain_problems": problems,
                           "image_user": ctx.manifest.user if ctx.manifest else None,
                           "gpu_too_old_for_triton": bool(not_gpu),
-                          "cache_dir": os.environ.get("TORCHINDUCTOR_CACHE_DIR")})
+                          "cache_dirs": dirs})
     who = user["user"] or f"uid {user['uid']}"
     found.key_figure = f"inductor/{'triton' if device == 'cuda' else 'c++'} as {who}"
 
@@ -125,11 +188,11 @@ def run(ctx: CheckContext) -> Outcome:
             compiled = torch.compile(model)(x)
             found.figures["compile_s"] = round(time.perf_counter() - started, 2)
     except Exception as err:
-        lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        detail = lines[0] if lines else type(err).__name__
-        named = "; ".join(problems) + ": " if problems else ""
-        crash = compiler_crash(str(err))
-        found.fail(f"torch.compile failed as {who}: {named}{crash or type(err).__name__ + ': ' + detail}"[:600])
+        named = "; ".join(problems) + "; " if problems else ""
+        cause = compiler_crash(str(err)) or named_cause(root_cause(err), int(user["uid"]))  # type: ignore[call-overload]
+        # The cause ends the reason (a long one is cut in its middle, not at its end).
+        reason = f"torch.compile failed as {who}: {named}{cause}"
+        found.fail(reason if len(reason) <= 600 else reason[:300] + " ... " + reason[-295:])
         return found.outcome("")
     ok, error = compare(compiled, eager, TOLERANCE[device])
     found.figures["max_rel_error"] = error
