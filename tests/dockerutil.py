@@ -58,6 +58,19 @@ def container(client: docker.DockerClient, image: str, command=None, **kwargs) -
             started.remove(force=True, v=True)
 
 
+def verify_report(containers: TrackedContainers, tag: str, *args: str, **run_kwargs) -> tuple[int, dict, str]:
+    """Run `verify --json` in a container of `tag` (docker run options in run_kwargs); (exit code, report, table)."""
+    import json
+
+    script = f"verify --json /tmp/report.json {' '.join(args)}; code=$?; echo '@@REPORT@@'; cat /tmp/report.json; exit $code"
+    code, output = containers.run(tag, ["sh", "-c", script], timeout=300, entrypoint="", **run_kwargs)
+    table, _, report = output.partition("@@REPORT@@")
+    try:
+        return code, json.loads(report), table
+    except ValueError as err:
+        raise AssertionError(f"verify wrote no report (exit {code}):\n{output[-3000:]}") from err
+
+
 class TrackedContainers:
     """The containers one test starts, after docker-stacks' TrackedContainer: each is recorded when made,
     so `close` removes it with its volumes however the test ended, and shows its log if the test failed.

@@ -1,22 +1,13 @@
 """`verify` inside the real runtime image, on this GPU-less machine, and build.py's --verify and --preflight."""
 from __future__ import annotations
 
-import json
 import subprocess
 
 import pytest
 
-from .dockerutil import TrackedContainers, build_py
+from .dockerutil import build_py, verify_report
 
 pytestmark = pytest.mark.docker
-
-
-def _verify_report(containers: TrackedContainers, tag: str, *args: str, **run_kwargs) -> tuple[int, dict, str]:
-    """Run `verify --json` in a container and read the report back out of it."""
-    script = f"verify --json /tmp/report.json {' '.join(args)}; code=$?; echo '@@REPORT@@'; cat /tmp/report.json; exit $code"
-    code, output = containers.run(tag, ["sh", "-c", script], timeout=300, entrypoint="", **run_kwargs)
-    table, _, report = output.partition("@@REPORT@@")
-    return code, json.loads(report), table
 
 
 def _checks(report: dict) -> dict[str, dict]:
@@ -25,7 +16,7 @@ def _checks(report: dict) -> dict[str, dict]:
 
 def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
     spec = built["runtime"]
-    code, report, table = _verify_report(containers, spec.tag, shm_size="1g")
+    code, report, table = verify_report(containers, spec.tag, shm_size="1g")
     assert code == 0, table
     checks = _checks(report)
     for name in ("environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"):
@@ -47,7 +38,7 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
 
 
 def test_verify_compile_runs_as_the_non_root_user(built, containers):
-    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "compile")
+    code, report, table = verify_report(containers, built["runtime"].tag, "--only", "compile")
     assert code == 0, table
     figures = _checks(report)["compile"]["figures"]  # read from the process (geteuid), not the manifest
     assert (figures["user"], figures["uid"], figures["root"]) == ("pytorch", 1000, False), figures
@@ -55,7 +46,7 @@ def test_verify_compile_runs_as_the_non_root_user(built, containers):
 
 def test_verify_reports_the_user_it_really_ran_as(built, containers):
     """Run as root, the figure changes with it (the manifest still says pytorch): it is measured."""
-    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "compile", user="0")
+    code, report, table = verify_report(containers, built["runtime"].tag, "--only", "compile", user="0")
     assert code == 0, table
     figures = _checks(report)["compile"]["figures"]
     assert (figures["user"], figures["uid"], figures["root"]) == ("root", 0, True), figures
@@ -64,7 +55,7 @@ def test_verify_reports_the_user_it_really_ran_as(built, containers):
 
 def test_a_cudnn_torch_refuses_is_explained(built, containers):
     """torch raises on a cuDNN of another major (e.g. one LD_LIBRARY_PATH brought in): say where to look."""
-    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "cudnn",
+    code, report, table = verify_report(containers, built["runtime"].tag, "--only", "cudnn",
                                          environment={"VERIFY_FAULT": "cudnn:runtime-mismatch"})
     cudnn = _checks(report)["cudnn"]
     assert code == 1 and cudnn["status"] == "fail", cudnn
@@ -73,14 +64,14 @@ def test_a_cudnn_torch_refuses_is_explained(built, containers):
 
 def test_tiny_shm_fails_with_the_fix(built, containers):
     """Docker's default /dev/shm is 64 MB; with 1 MB a DataLoader with workers cannot share tensors."""
-    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "shm", shm_size="1m")
+    code, report, table = verify_report(containers, built["runtime"].tag, "--only", "shm", shm_size="1m")
     shm = _checks(report)["shm"]
     assert code == 1 and shm["status"] == "fail", shm
     assert "--shm-size" in shm["reason"] or "ipc" in shm["reason"], shm["reason"]
 
 
 def test_default_docker_shm_warns(built, containers):
-    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "shm")
+    code, report, table = verify_report(containers, built["runtime"].tag, "--only", "shm")
     shm = _checks(report)["shm"]
     # 64 MiB, as Docker gives by default: enough for the check's own 4 MiB batches, which all came
     # through, too small for real DataLoader work, so a warning with the fix and not a failure.
@@ -90,7 +81,7 @@ def test_default_docker_shm_warns(built, containers):
 
 
 def test_require_gpu_fails_on_this_machine(built, containers):
-    code, report, table = _verify_report(containers, built["runtime"].tag, "--only", "cuda,driver", "--require-gpu")
+    code, report, table = verify_report(containers, built["runtime"].tag, "--only", "cuda,driver", "--require-gpu")
     assert code == 1
     assert {c["status"] for c in report["checks"]} == {"fail"}
 
@@ -114,7 +105,7 @@ def test_preflight_of_a_missing_image_is_one_line():
 
 def test_verify_reports_the_lock_digest(built, docker_client, containers):
     spec = built["runtime"]
-    code, report, table = _verify_report(containers, spec.tag, "--only", "environment")
+    code, report, table = verify_report(containers, spec.tag, "--only", "environment")
     assert code == 0, table
     expected = docker_client.images.get(spec.tag).labels["io.pytorch-cuda.lock-digest"]
     assert expected.startswith("sha256:")
