@@ -82,6 +82,26 @@ def test_torch_compile_pip_and_collect_env_work(built, containers, platform, tmp
     assert out.strip().splitlines()[-1] == "1"
 
 
+# What a runtime that drops the image's ENV gives a process (Charliecloud without --set-env, enroot without its
+# environment file): the default PATH, a HOME the image does not have, no VIRTUAL_ENV or PIP_CONSTRAINT.
+BARE = "env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/home/nobody "
+
+
+@pytest.mark.parametrize("variant", ["runtime", "jupyter"])
+def test_the_commands_work_without_the_images_environment(built, containers, variant):
+    commands = ["python -c 'import sys, torch, os; print(sys.prefix, os.environ[\"PIP_CONSTRAINT\"], os.environ[\"HOME\"])'",
+                "pip --version", "torchrun --help >/dev/null", "verify --only environment >/dev/null"]
+    if variant == "jupyter":
+        commands.append("jupyter-lab --version")
+    script = " && ".join(BARE + command for command in commands)
+    code, out = containers.run(built[variant].tag, ["sh", "-c", script], entrypoint="", **HPC_LIKE)
+    assert code == 0, out
+    prefix, constraint, home = out.splitlines()[0].split()
+    assert prefix == "/opt/venv" and constraint == "/etc/pytorch-cuda/constraints.txt", out
+    assert home == "/tmp/pytorch-cuda-home-54321", out  # /home/nobody does not exist: a private one instead
+    assert "/opt/venv/lib/python3.11/site-packages/pip" in out
+
+
 def test_a_noexec_tmp_is_named_as_the_cause_with_its_fix(built, containers):
     """Docker's --tmpfs /tmp is noexec: Inductor's compiled code cannot be loaded from it."""
     code, report, table = verify_report(containers, built["runtime"].tag, "--only", "compile",
