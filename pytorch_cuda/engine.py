@@ -8,9 +8,11 @@ and the tail of the log. Tests of the pipeline's rules use a fake Engine; real b
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
+import sys
 import tarfile
 from collections import deque
 from dataclasses import dataclass
@@ -24,11 +26,16 @@ import requests.exceptions
 from . import refs
 from .errors import BaseImageError, BuildFailed, DockerUnavailable, PushFailed, PytorchCudaError
 
-_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+# A step as the builder announces it: Docker's classic builder says "Step 3/8 : RUN ...", Podman's
+# Docker-compatible API (Buildah) "STEP 3/8: RUN ...".
+_STEP = re.compile(r"^(?:Step|STEP) (\d+)/(\d+) ?: (.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the builder colours a step's stderr
-# The classic builder's failure quotes the whole RUN command (kilobytes for the pip step); the step
-# is already named, so only its exit code is worth a line.
+# A failure quotes the whole RUN command (kilobytes for the pip step); the step is already named, so
+# only its exit code is worth a line. Docker: "The command '/bin/sh -c ...' returned a non-zero code: 1";
+# Podman: 'building at STEP "RUN ...": while running runtime: exit status 1'.
 _FAILED_COMMAND = re.compile(r"^The command .* returned a non-zero code: (\d+)$", re.DOTALL)
+_PODMAN_STEP_FAILED = 'building at STEP "'
+_PODMAN_EXIT = re.compile(r"^(?:building at STEP \".*\": )?while running runtime: exit status (\d+)$", re.DOTALL)
 _OUR_ERROR = "pytorch-cuda: error: "  # how the templates' own checks stop a step
 LOG_TAIL_LINES = 30
 
@@ -72,15 +79,70 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def parse_step(line: str) -> tuple[int, int, str] | None:
+    """(number, total, instruction) of a line that announces a build step, from Docker or Podman; else None."""
+    match = _STEP.match(line)
+    return (int(match.group(1)), int(match.group(2)), match.group(3)) if match else None
+
+
 def failure_message(message: str, tail: Iterable[str] = ()) -> str:
     """A failed step told in one short line. Our own steps' words come first ('pytorch-cuda: error:
     ...' at the start of a line: the step's echoed command also holds the text, mid-line); else the
-    builder's error, where a failed RUN becomes its exit code rather than its whole command."""
+    builder's error, where a failed RUN becomes its exit code rather than its whole command, and
+    Podman's quote of the step (already named) is left out."""
+    tail = list(tail)
     said = [line.strip()[len(_OUR_ERROR):] for line in tail if line.strip().startswith(_OUR_ERROR)]
     if said:
         return said[-1]
-    failed = _FAILED_COMMAND.match(message.strip())
-    return f"its command exited with code {failed.group(1)}" if failed else _one_line(message)
+    message = message.strip()
+    failed = _FAILED_COMMAND.match(message) or _PODMAN_EXIT.match(message)
+    if failed:
+        return f"its command exited with code {failed.group(1)}"
+    if message.startswith(_PODMAN_STEP_FAILED):
+        steps = [step for step in map(parse_step, tail) if step is not None]
+        quoted = f'{_PODMAN_STEP_FAILED}{steps[-1][2]}": ' if steps else None
+        if quoted and message.startswith(quoted):
+            message = message[len(quoted):]
+    return _one_line(message)
+
+
+def loopback_reachable(docker_host: str, info: dict[str, Any], platform: str) -> bool:
+    """Whether the engine's builds with host networking see this machine's 127.0.0.1 (where the wheel
+    cache serves), from DOCKER_HOST, the engine's `info` and this client's sys.platform: a local, rootful
+    engine on Linux (Docker, or Podman, whose Docker-compatible builds run in the host's network anyway).
+    A remote engine, a rootless one (its own network namespace), or an engine in a VM (Docker Desktop;
+    Podman machine, Colima and the like, wherever this client is not on Linux) does not."""
+    if docker_host and not docker_host.startswith("unix://"):
+        return False
+    rootless = any("rootless" in str(option) for option in info.get("SecurityOptions") or ())
+    return (platform.startswith("linux") and info.get("OSType") == "linux" and not rootless
+            and "Desktop" not in str(info.get("OperatingSystem")))
+
+
+def imported_id(answer: str | bytes) -> str | None:
+    """The image ID an import answered with ('{"status":"sha256:..."}', from Docker and Podman alike); None
+    if it named none."""
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else str(answer)
+    for line in reversed(text.strip().splitlines()):
+        try:
+            said = json.loads(line)
+        except ValueError:
+            continue
+        status = str(said.get("status") or "") if isinstance(said, dict) else ""
+        if status.startswith("sha256:"):
+            return status
+    return None
+
+
+def stream_error(chunks: Iterable[dict[str, Any]]) -> str | None:
+    """The first error a decoded JSON progress stream (pull, push, load) reports, in one line; None if it
+    reports none. Docker answers some failures with an HTTP error, others (and Podman most) in the stream."""
+    for chunk in chunks:
+        if isinstance(chunk, dict) and chunk.get("error"):
+            detail = chunk.get("errorDetail")
+            message = detail.get("message") if isinstance(detail, dict) else None
+            return _one_line(str(message or chunk["error"]))
+    return None
 
 
 class DockerEngine:
@@ -116,10 +178,11 @@ class DockerEngine:
                     if not line:
                         continue
                     tail.append(line)
-                    match = _STEP.match(line)
-                    if match:
-                        step = f"step {match.group(1)}/{match.group(2)} ({_one_line(match.group(3))[:60]})"
-                        events.on_step(int(match.group(1)), int(match.group(2)), match.group(3))
+                    announced = parse_step(line)
+                    if announced:
+                        number, total, instruction = announced
+                        step = f"step {number}/{total} ({_one_line(instruction)[:60]})"
+                        events.on_step(number, total, instruction)
                     else:
                         events.on_line(line)
                 aux = chunk.get("aux")
@@ -132,17 +195,12 @@ class DockerEngine:
         return image_id
 
     def reaches_host_loopback(self) -> bool:
-        """Whether a build with host networking sees this machine's 127.0.0.1: a local, rootful daemon on
-        Linux. A remote engine, rootless Docker (its own network namespace) or Docker Desktop (a VM) does not."""
-        host = os.environ.get("DOCKER_HOST", "")
-        if host and not host.startswith("unix://"):
-            return False
+        """Whether a build with host networking sees this machine's 127.0.0.1 (see loopback_reachable)."""
         try:
             info = self.client.info()
         except (docker.errors.APIError, requests.exceptions.RequestException):
             return False
-        rootless = any("rootless" in str(option) for option in info.get("SecurityOptions") or ())
-        return info.get("OSType") == "linux" and not rootless and "Desktop" not in str(info.get("OperatingSystem"))
+        return loopback_reachable(os.environ.get("DOCKER_HOST", ""), info, sys.platform)
 
     def tag(self, image_id: str, references: Iterable[str]) -> None:
         for reference in references:
@@ -154,11 +212,11 @@ class DockerEngine:
         for reference in references:
             repository, tag = refs.split(reference)
             try:
-                for chunk in self.client.api.push(repository, tag=tag, stream=True, decode=True):
-                    if "error" in chunk:
-                        raise PushFailed(f"push of {reference} failed: {_one_line(chunk['error'])}")
+                said = stream_error(self.client.api.push(repository, tag=tag, stream=True, decode=True))
             except (docker.errors.APIError, requests.exceptions.RequestException) as err:
                 raise PushFailed(f"push of {reference} failed: {_one_line(str(err))}") from None
+            if said:
+                raise PushFailed(f"push of {reference} failed: {said}")
 
     def push_index(self, reference: str, members: Iterable[str]) -> None:
         """Publish `reference` in its registry as an index (manifest list) of the pushed `members`.
@@ -203,29 +261,39 @@ class DockerEngine:
             return False
 
     def pull(self, reference: str) -> str | None:
-        """Pull `reference`; None on success, else the registry's reason in one line."""
+        """Pull `reference`; None on success, else the registry's reason in one line (Docker refuses with an
+        HTTP error, Podman in the progress stream, after an HTTP 200)."""
         repository, tag = refs.split(reference)
         try:
-            self.client.api.pull(repository, tag=tag)
-            return None
+            said = stream_error(self.client.api.pull(repository, tag=tag, stream=True, decode=True))
         except (docker.errors.APIError, requests.exceptions.RequestException) as err:
             return _one_line(str(err))[:200]
+        return said[:200] if said else None
 
     def import_rootfs(self, tarball: str, reference: str) -> None:
+        """Import a root filesystem tarball as `reference`. Imported unnamed, then tagged: Podman's
+        Docker-compatible API ignores the tag asked for and names the import `<repository>:latest`."""
         repository, tag = refs.split(reference)
         # From the file: docker-py's import_image_from_stream sends a malformed chunked body.
         try:
-            self.client.api.import_image_from_file(tarball, repository=repository, tag=tag, changes=['CMD ["bash"]'])
+            answer = self.client.api.import_image_from_file(tarball, changes=['CMD ["bash"]'])
+            image_id = imported_id(answer)
+            if image_id is None:
+                raise BaseImageError(f"docker import of {reference} failed: {_one_line(str(answer))[:200]}")
+            self.client.api.tag(image_id, repository, tag, force=True)
         except (docker.errors.APIError, requests.exceptions.RequestException) as err:
             raise BaseImageError(f"docker import of {reference} failed: {_one_line(str(err))[:200]}") from None
 
     def load_archive(self, archive: str) -> None:
-        """`docker load` an image archive (it names its own tags)."""
+        """`docker load` an image archive (it names its own tags). Docker tells a bad archive in the
+        stream, Podman with an HTTP error: either is a BaseImageError."""
         try:
             with open(archive, "rb") as data:
-                self.client.api.load_image(data)
+                said = stream_error(self.client.api.load_image(data))
         except (docker.errors.APIError, requests.exceptions.RequestException) as err:
             raise BaseImageError(f"docker load of {archive} failed: {_one_line(str(err))[:200]}") from None
+        if said:
+            raise BaseImageError(f"docker load of {archive} failed: {said[:200]}")
 
     def runtimes(self) -> tuple[str, ...]:
         return tuple(sorted(self.client.info().get("Runtimes", {})))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterator
 
 import pytest
@@ -66,11 +67,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # Heavy chains of image tests, each kept on one xdist worker (pytest.ini: --dist loadgroup) so that they run
 # beside each other and beside the unit tests, which any worker takes.
 ARM64_GROUP, CUDA13_GROUP, CUDA12_GROUP, RELEASE_GROUP, LAYERS_GROUP = "arm64", "cuda13", "cuda12.1", "release", "layers"
+PODMAN_GROUP = "podman"  # its own service, and the runtime image copied into Podman's storage
+PLATFORMS_GROUP = "platforms"  # the 12.1 images under other uids, read-only roots, ch-run: beside cuda12.1
 
 
 # One worker per heavy group plus two for the unit tests; a run without the image tests needs no more
 # workers than the machine has cores (the unit tests are CPU-bound).
-FULL_RUN_WORKERS = 7
+FULL_RUN_WORKERS = 9
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -88,6 +91,10 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         group = CUDA13_GROUP
     elif path.endswith("tests/test_layer_sharing.py"):  # 2.4.0's build and pushes, beside the --no-cache rebuild
         group = LAYERS_GROUP
+    elif path.endswith("tests/test_podman.py"):  # before the `built` rule: it waits for the 12.1 build like it
+        group = PODMAN_GROUP
+    elif path.endswith(("tests/test_platforms.py", "tests/test_hpc.py")):
+        group = PLATFORMS_GROUP
     elif "built" in getattr(item, "fixturenames", ()):
         # Tests that build 12.1 images wait for the --no-cache rebuild (one_build_at_a_time): they run on its
         # worker, before it, rather than hold up the worker of the tests that only run the images.
@@ -159,14 +166,21 @@ def built(docker_client, real_matrix, given_images) -> BuiltImages:
     specs = plan.image_specs(real_matrix, [real_matrix.resolve(cuda=BUILD_CUDA)])
     # The first worker builds; the others find its output and run no build of their own, so none of them
     # waits behind a --no-cache rebuild that holds the line's build turn.
-    done = hostlock.lock_dir() / f"tests-built-cuda{BUILD_CUDA}-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}.out"
+    # Without xdist (-n 0) there is no other worker, and a file named by anything else could be found by a
+    # later run: no file then. Files of earlier runs go (a run lasts well under a day).
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    done = hostlock.lock_dir() / f"tests-built-cuda{BUILD_CUDA}-{run_id}.out"
     with hostlock.held(f"tests-built-cuda{BUILD_CUDA}"):
-        if done.exists():
+        for old in hostlock.lock_dir().glob("tests-built-cuda*.out"):
+            if time.time() - old.stat().st_mtime > 86400:
+                old.unlink(missing_ok=True)
+        if run_id and done.exists():
             return BuiltImages({spec.variant: spec for spec in specs}, done.read_text(), given=False)
         with one_build_at_a_time(BUILD_CUDA):
             result = build_py("--cuda", BUILD_CUDA, timeout=3600)
         assert result.returncode == 0, f"build.py --cuda {BUILD_CUDA} failed:\n{build_failure(result)}"
-        done.write_text(result.stdout + result.stderr)
+        if run_id:
+            done.write_text(result.stdout + result.stderr)
     return BuiltImages({spec.variant: spec for spec in specs}, result.stdout + result.stderr, given=False)
 
 

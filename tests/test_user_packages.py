@@ -55,15 +55,16 @@ def test_pip_install_works_for_the_user(built, containers, wheels, variant, user
 
 def test_the_venv_belongs_to_the_image_user_and_group_and_nothing_else_opens_to_group_0(built, containers):
     script = ("stat -c '%u:%g %a' /opt/venv /opt/venv/bin /opt/venv/lib/python3.11/site-packages "
-              "/opt/venv/lib/python3.11/site-packages/torch/__init__.py /workspace; id -u; id -g; "
-              "find / -xdev -group 0 -perm -g+w ! -type l ! -path '/opt/venv*' ! -path '/workspace*' "
+              "/opt/venv/lib/python3.11/site-packages/torch/__init__.py /workspace /home/pytorch; id -u; id -g; "
+              "find / -xdev -group 0 -perm -g+w ! -type l ! -path '/opt/venv*' ! -path '/workspace*' ! -path /home/pytorch "
               "! -path '/proc/*' ! -path '/tmp' ! -path '/var/tmp' ! -path '/run/lock' ! -path '/dev/*' 2>/dev/null; true")
     code, out = containers.run(built["runtime"].tag, ["sh", "-c", script], entrypoint="")
     assert code == 0, out
     lines = out.strip().splitlines()
-    assert lines[:5] == ["1000:0 2775", "1000:0 2775", "1000:0 2775", "1000:0 664", "1000:0 2775"], lines
-    assert lines[5:7] == ["1000", "0"]
-    assert lines[7:] == [], f"group-writable for group 0 outside the venv and workspace: {lines[7:]}"
+    # HOME too (a uid of group 0 with no passwd entry gets it: README, Platforms), but not the files in it.
+    assert lines[:6] == ["1000:0 2775", "1000:0 2775", "1000:0 2775", "1000:0 664", "1000:0 2775", "1000:0 2775"], lines
+    assert lines[6:8] == ["1000", "0"]
+    assert lines[8:] == [], f"group-writable for group 0 outside the venv, workspace and home: {lines[8:]}"
 
 
 def test_a_package_that_wants_another_torch_is_refused_and_torch_stays(built, containers, wheels):

@@ -110,8 +110,8 @@ def noexec_problems(dirs: Mapping[str, str], mountinfo: str) -> List[str]:
     for variable, directory in dirs.items():
         point = noexec_mount(existing_parent(directory), mountinfo)
         if point:
-            problems.append(f"{directory} is on {point}, which is mounted noexec, so the code torch.compile "
-                            f"builds there cannot be loaded: set {variable} to a directory that allows exec "
+            problems.append(f"its cache {directory} ({variable}) lies on {point}, mounted noexec, so the code "
+                            f"compiled there cannot be loaded: set {variable} to a directory that allows exec "
                             "(e.g. docker run --tmpfs /tmp:exec)")
     return problems
 
