@@ -238,3 +238,48 @@ def registry_bytes(box) -> int:
     code, out = box.exec_run(["sh", "-c", f"if [ -d {blobs} ]; then du -sb {blobs} | cut -f1; else echo 0; fi"])
     assert code == 0, out
     return int(out.decode().strip())
+
+
+@contextlib.contextmanager
+def image_rootfs(client: docker.DockerClient, reference: str) -> Iterator[Path]:
+    """The image's root filesystem as a directory (for ch-run and `podman run --rootfs`), read-only.
+
+    On Docker's overlay2 store it is the image's own layers, mounted as a read-only overlay: nothing is
+    copied (an export would write 6 GB, which a machine full of images may not have). Elsewhere (the
+    containerd store, another driver) it is `docker export`ed into the directory. Gone afterwards.
+    """
+    import shutil
+    import tempfile
+
+    image = client.images.get(reference)
+    driver = image.attrs.get("GraphDriver") or {}
+    directory = Path(tempfile.mkdtemp(prefix="pytorch-cuda-rootfs-", dir="/var/tmp"))
+    directory.chmod(0o755)
+    mounted = False
+    try:
+        data = driver.get("Data") or {}
+        layers = [data.get("UpperDir", ""), *filter(None, (data.get("LowerDir") or "").split(":"))]
+        options = "ro,lowerdir=" + ":".join(layers)
+        # No upper directory: overlayfs is read-only then, as an HPC runtime mounts an image. The options
+        # must fit in a page.
+        if driver.get("Name") == "overlay2" and os.geteuid() == 0 and all(layers) and len(options) < 4000:
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(directory)], check=True,
+                           capture_output=True, timeout=60)
+            mounted = True
+        else:
+            box = client.containers.create(reference)
+            try:
+                export = subprocess.Popen(["docker", "export", box.id], stdout=subprocess.PIPE)
+                unpack = subprocess.run(["tar", "-x", "-C", str(directory), "--exclude=dev/*"], stdin=export.stdout,
+                                        capture_output=True, timeout=900)
+                export.wait(timeout=60)
+                assert export.returncode == 0 and unpack.returncode == 0, unpack.stderr.decode()[-2000:]
+            finally:
+                box.remove(force=True)
+        yield directory
+    finally:
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(directory)], check=False, capture_output=True, timeout=60)
+            directory.rmdir()
+        else:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -2,7 +2,7 @@
 unprivileged user, the stand-in here for Apptainer/Singularity and enroot/Pyxis, with the same traits
 (README, "HPC: Apptainer, enroot, Charliecloud"): the image read-only, the host user's uid outside the
 image's group, a HOME the image does not have, the image's ENV, USER, WORKDIR and ENTRYPOINT ignored, the
-host's network. The image is unpacked with `docker export` (ch-convert takes minutes: it gzips).
+host's network. ch-run gets the image's own layers, mounted read-only (ch-convert takes minutes: it gzips).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 
 from .clients import jupyter_get, wait_for_jupyter
-from .dockerutil import free_port
+from .dockerutil import free_port, image_rootfs
 from .wheels import make_wheel
 
 pytestmark = pytest.mark.docker
@@ -44,31 +44,18 @@ def ch_run(tree: Path, command: list[str], binds: tuple[str, ...] = (), env: dic
 
 @pytest.fixture(scope="module")
 def tree(built, docker_client) -> Iterator[Path]:
-    """The jupyter image unpacked into a directory ch-run can use; deleted after the module (5.7 GB)."""
+    """The jupyter image's root filesystem as a directory ch-run can use (its own layers, mounted read-only)."""
     if shutil.which("ch-run") is None:
         pytest.skip("ch-run is not installed (Debian: charliecloud-runtime; .ci/run installs it)")
-    spec = built["jupyter"]
-    directory = Path(tempfile.mkdtemp(prefix="pytorch-cuda-ch-", dir="/var/tmp"))
-    directory.chmod(0o755)
-    box = docker_client.containers.create(spec.tag)
-    try:
-        export = subprocess.Popen(["docker", "export", box.id], stdout=subprocess.PIPE)
-        unpack = subprocess.run(["tar", "-x", "-C", str(directory), "--exclude=dev/*"], stdin=export.stdout,
-                                capture_output=True, timeout=900)
-        export.wait(timeout=60)
-        assert export.returncode == 0 and unpack.returncode == 0, unpack.stderr.decode()[-2000:]
-    finally:
-        box.remove(force=True)
-    probe = ch_run(directory, ["true"])
-    if probe.returncode != 0 and "namespace" in probe.stderr:
-        shutil.rmtree(directory, ignore_errors=True)
-        pytest.skip(f"this kernel refuses unprivileged user namespaces, which ch-run needs: {probe.stderr.strip()}")
-    shutil.rmtree(PRIVATE_HOME, ignore_errors=True)  # each run starts as a new host user would
-    try:
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-        shutil.rmtree(PRIVATE_HOME, ignore_errors=True)
+    with image_rootfs(docker_client, built["jupyter"].tag) as directory:
+        probe = ch_run(directory, ["true"])
+        if probe.returncode != 0 and "namespace" in probe.stderr:
+            pytest.skip(f"this kernel refuses unprivileged user namespaces, which ch-run needs: {probe.stderr.strip()}")
+        shutil.rmtree(PRIVATE_HOME, ignore_errors=True)  # each run starts as a new host user would
+        try:
+            yield directory
+        finally:
+            shutil.rmtree(PRIVATE_HOME, ignore_errors=True)
 
 
 def test_the_image_is_read_only_and_the_user_is_the_hosts(tree):

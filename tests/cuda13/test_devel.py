@@ -89,6 +89,14 @@ def test_verify_toolchain_passes_in_devel_and_skips_in_runtime(devel, containers
     assert code == 0 and "not a devel image" in out, out
 
 
+def test_devel_works_under_an_openshift_uid(devel, containers):
+    """A random uid in group 0 with no passwd entry: the compiler check and torch.compile (CUDA 13's torch)."""
+    code, out = containers.run(devel["devel"].tag, ["verify", "--only", "toolchain,compile"], user="12345:0",
+                               timeout=600)
+    assert code == 0, out
+    assert "compiled a kernel for sm_80" in out and "as uid 12345" in out, out
+
+
 def test_a_compiler_of_another_cuda_fails_the_build(devel, docker_client):
     """The devel image runs verify's toolchain check as a build step: a mismatch stops the build."""
     dockerfile = (f"FROM {devel['devel'].tag}\nUSER root\n"
