@@ -143,7 +143,7 @@ def test_a_noexec_cache_is_named_with_the_variable_that_moves_it():
 
 
 def test_the_reason_ends_with_the_root_cause_not_the_wrapper():
-    from verify.checks._common import root_cause
+    from verify.errors import root_cause
 
     class BackendCompilerFailed(Exception):
         pass
@@ -169,3 +169,23 @@ def test_a_missing_user_name_is_named_with_its_fix():
     said = named_cause("KeyError: getpwuid(): uid not found: 12345", 12345)
     assert said.startswith("uid 12345 has no user name") and "set USER" in said
     assert named_cause("OSError: boom", 1) == "OSError: boom"
+
+
+def test_a_check_that_raises_is_reported_with_the_root_cause(monkeypatch):
+    """check_process's generic path: what wrapped the failure, then where it failed."""
+    import types
+
+    from verify import check_process
+
+    def run(context):
+        try:
+            {}["getpwuid(): uid not found: 12345"]
+        except KeyError as inner:
+            raise RuntimeError("backend='inductor' raised:") from inner
+
+    real_import = check_process.importlib.import_module
+    monkeypatch.setattr(check_process.importlib, "import_module",
+                        lambda name: types.SimpleNamespace(run=run) if name == "verify.checks.fake" else real_import(name))
+    result = check_process.run_check({"name": "fake"})
+    assert result.reason == ("check raised RuntimeError: backend='inductor' raised: "
+                             "(root cause: KeyError: getpwuid(): uid not found: 12345)"), result.reason

@@ -13,6 +13,7 @@ from typing import Any, Dict
 
 from verify import faults
 from verify.context import CheckContext
+from verify.errors import root_cause
 from verify.manifest import Manifest
 from verify.result import CheckResult, Outcome, Status
 
@@ -44,6 +45,9 @@ def run_check(request: Dict[str, Any]) -> CheckResult:
             reason = f"cannot import {err.name or 'a module'} ({type(err).__name__}: {_first_line(err)})"
         else:
             reason = f"check raised {type(err).__name__}: {_first_line(err)}"
+            cause = root_cause(err)
+            if not cause.startswith(f"{type(err).__name__}: {_first_line(err)}"):
+                reason += f" (root cause: {cause})"  # where it failed, not only what wrapped it
         outcome = Outcome(Status.FAIL, reason, {"traceback": traceback.format_exc(limit=8)})
     if fault:
         outcome.figures["fault_injected"] = fault

@@ -18,8 +18,9 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from verify import compat
-from verify.checks._common import compare, gpu_missing_reason, root_cause
+from verify.checks._common import compare, gpu_missing_reason
 from verify.context import CheckContext
+from verify.errors import root_cause
 from verify.result import Findings, Outcome
 
 # Inductor fuses and reorders fp32 reductions (LayerNorm, the matmuls' sums): ~1e-6 relative is
