@@ -44,9 +44,10 @@ def run_check(request: Dict[str, Any]) -> CheckResult:
         if isinstance(err, ImportError):
             reason = f"cannot import {err.name or 'a module'} ({type(err).__name__}: {_first_line(err)})"
         else:
-            reason = f"check raised {type(err).__name__}: {_first_line(err)}"
+            said = f"{type(err).__name__}: {_first_line(err)}"
+            reason = f"check raised {said}"
             cause = root_cause(err)
-            if not cause.startswith(f"{type(err).__name__}: {_first_line(err)}"):
+            if not cause.startswith(said):
                 reason += f" (root cause: {cause})"  # where it failed, not only what wrapped it
         outcome = Outcome(Status.FAIL, reason, {"traceback": traceback.format_exc(limit=8)})
     if fault:
@@ -83,3 +84,8 @@ if __name__ == "__main__":  # a fresh interpreter per check (see forkserver): th
     faulthandler.enable()
     _request = json.loads(sys.argv[1])
     write_result(run_check(_request), _request["result"])
+    # Leave without interpreter teardown: it runs the destructors of process groups and CUDA contexts,
+    # which can block (NCCL's abort on an unhealthy communicator), and the result is already written.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

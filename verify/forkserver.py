@@ -63,11 +63,27 @@ def _preload(modules: List[str]) -> Dict[str, Any]:
             importlib.import_module(module)
         except Exception:
             pass  # the check that needs it imports it again and reports the error
+    imported = f"importing torch {torch.__version__}{' and ' + ', '.join(modules) if modules else ''}"
     if cuda_driver_initialised():
-        why = (f"importing torch {torch.__version__}{' and ' + ', '.join(modules) if modules else ''} initialised "
-               "the CUDA driver, so a forked check could not use the GPU: each check runs in a fresh interpreter")
+        why = (f"{imported} initialised the CUDA driver, so a forked check could not use the GPU: each check runs "
+               "in a fresh interpreter")
+        return {"torch": torch.__version__, "error": None, "mode": "exec", "why": why}
+    threads = thread_count()
+    if threads > 1:
+        # fork copies only the calling thread: a lock another thread held (the allocator's, a logging
+        # handler's, a compile worker pool's) stays locked forever in the child.
+        why = (f"{imported} started {threads - 1} other thread(s), and a child forked from a threaded process "
+               "can deadlock on a lock one of them held: each check runs in a fresh interpreter")
         return {"torch": torch.__version__, "error": None, "mode": "exec", "why": why}
     return {"torch": torch.__version__, "error": None, "mode": "fork", "why": ""}
+
+
+def thread_count(task_dir: str = "/proc/self/task") -> int:
+    """This process's threads (Linux: one entry each in its procfs task directory); 1 where unknown."""
+    try:
+        return max(len(os.listdir(task_dir)), 1)
+    except OSError:
+        return 1
 
 
 def _send(channel: TextIO, message: Dict[str, Any]) -> None:

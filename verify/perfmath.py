@@ -37,7 +37,11 @@ class Peak:
 
 # (pattern on torch.cuda.get_device_name(), peak); first match wins, so specific names come first.
 PEAKS: Sequence[Tuple[str, Peak]] = (
-    (r"B200", Peak("B200", 1100.0, 2250.0, 2250.0, 7700.0,
+    # GB200's Blackwell GPUs are faster than HGX B200's (power and clocks): their own row, matched first.
+    (r"GB200", Peak("GB200", 1250.0, 2500.0, 2500.0, 8000.0,
+                    "NVIDIA GB200 NVL72 datasheet, per-superchip column (2 GPUs: TF32 5, FP16/BF16 10 PFLOPS sparse, "
+                    "16 TB/s), halved per GPU and sparse/2")),
+    (r"(?<!G)B200", Peak("B200", 1100.0, 2250.0, 2250.0, 7700.0,
                    "NVIDIA HGX B200 per-GPU table, nvidia.com/en-us/data-center/hgx (sparse/2; 7.7 TB/s)")),
     (r"GH200 144G", Peak("GH200 144GB HBM3e", 494.0, 990.0, 990.0, 4900.0,
                          "NVIDIA GH200 Grace Hopper Superchip datasheet (dense figures, HBM3e column)")),
@@ -70,6 +74,9 @@ PEAKS: Sequence[Tuple[str, Peak]] = (
 )
 
 SLOW_FRACTION = 0.5  # below this share of the published peak: warn
+# Above this share of the published peak the measurement is wrong, not the GPU (a missing synchronize,
+# a clock error): boost clocks give a few percent over a datasheet's figure, never 50 %.
+IMPOSSIBLE_FRACTION = 1.05
 
 
 def lookup_peak(device_name: str) -> Optional[Peak]:

@@ -190,6 +190,11 @@ def summarize(records: Mapping[int, Mapping[str, Any]], world: int, backend: str
     if rows:
         found.key_figure = f"busbw {rows[-1]['busbw_gbps']:g} GB/s" if backend == "nccl" else found.key_figure
 
+    if world == 1 and backend == "nccl" and not found.failed:
+        # One rank talks to nobody: NCCL builds a communicator but opens no P2P, SHM or network
+        # transport, so a pass would claim what was never exercised.
+        found.warn("1 rank: NCCL ran but no transport (P2P, shared memory, network) was exercised; launch "
+                   "2 or more ranks (--nproc-per-node) to prove them")
     where = f"{plural(world, 'rank')} on {plural(len(hosts), 'node')}"
     detail = (f"; bus bandwidth {rows[-1]['busbw_gbps']:g} GB/s at {human_bytes(rows[-1]['bytes'])}"
               if rows else " (1 rank: no bandwidth to measure)")

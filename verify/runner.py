@@ -28,6 +28,9 @@ from verify.result import CheckResult, Status
 log = logging.getLogger(__name__)
 
 PARALLEL = 2  # non-exclusive checks that may run at once
+# After SIGKILL a process ends at once, unless it sits in the kernel (uninterruptible sleep, as in a
+# hung GPU driver); then it never ends, and the report must not wait for it.
+KILL_GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 300.0  # the runner's one `import torch`: slow from a cold disk or a network filesystem
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,10 +57,16 @@ class _Job:
     launched_at: float
     pid: Optional[int] = None
     timed_out: bool = False
+    killed_at: Optional[float] = None
 
     @property
     def deadline(self) -> float:
         return self.launched_at + self.timeout_s
+
+    @property
+    def next_event(self) -> float:
+        """When the scheduler must look at this job again without news: its time limit, then the kill's grace."""
+        return self.killed_at + KILL_GRACE_S if self.killed_at is not None else self.deadline
 
 
 class _ForkServer:
@@ -112,7 +121,10 @@ class _ForkServer:
             self.proc.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
-            self.proc.wait()
+            try:
+                self.proc.wait(timeout=KILL_GRACE_S)
+            except subprocess.TimeoutExpired:  # stuck in the kernel: leave it, the report is done
+                log.info("the check runner did not exit after SIGKILL")
 
 
 def how_checks_run(parallel: int, smi: nvsmi.SmiReport) -> Tuple[int, str]:
@@ -185,7 +197,7 @@ def _schedule(forkserver: _ForkServer, specs: Sequence[CheckSpec], options: RunO
                 "require_gpu": options.require_gpu, "timeout_s": job.timeout_s, "backend": options.backend,
             })
             running[job.ident] = job
-        wait = min(job.deadline for job in running.values()) - time.monotonic() if running else 0.0
+        wait = min(job.next_event for job in running.values()) - time.monotonic() if running else 0.0
         for message in forkserver.receive(min(max(wait, 0.0), 0.5)):
             answered = running.get(message.get("started") or message.get("exited") or -1)
             if answered is None:
@@ -198,11 +210,15 @@ def _schedule(forkserver: _ForkServer, specs: Sequence[CheckSpec], options: RunO
                 _kill(job)  # workers or ranks the check left behind must not skew the next check
                 finish(_collect(job, int(message["code"])))
         now = time.monotonic()
-        for job in running.values():
+        for job in list(running.values()):
             if now >= job.deadline and not job.timed_out and job.pid is not None:
                 log.info("%s timed out after %s s; killing process group %s", job.spec.name, job.timeout_s, job.pid)
                 job.timed_out = True
+                job.killed_at = now
                 _kill(job)
+            elif job.killed_at is not None and now >= job.killed_at + KILL_GRACE_S:
+                del running[job.ident]  # its "exited", if it ever comes, is ignored
+                finish(_unkillable(job))
 
 
 def _may_start(spec: CheckSpec, running: Dict[int, _Job], parallel: int) -> bool:
@@ -213,19 +229,33 @@ def _may_start(spec: CheckSpec, running: Dict[int, _Job], parallel: int) -> bool
     return len(running) < max(parallel, 1)
 
 
+def _unkillable(job: _Job) -> CheckResult:
+    return CheckResult(
+        job.spec.name, Status.FAIL,
+        f"timed out after {job.timeout_s:g} s and did not exit {KILL_GRACE_S:g} s after SIGKILL: its process is stuck "
+        "in the kernel (uninterruptible sleep), which points at a hung GPU driver (driver hung? check `dmesg` for "
+        "Xid errors; the GPU may need a reset)",
+        time.monotonic() - job.launched_at,
+        {"timeout_s": job.timeout_s, "pid": job.pid, "log_tail": _log_tail(job.log_path, lines=10)}, "unkillable")
+
+
 def _collect(job: _Job, code: int) -> CheckResult:
     elapsed = time.monotonic() - job.launched_at
-    if job.timed_out:
-        return CheckResult(job.spec.name, Status.FAIL, f"timed out after {job.timeout_s:g} s (killed)", elapsed,
-                           {"timeout_s": job.timeout_s, "log_tail": _log_tail(job.log_path, lines=10)}, "timeout")
-    if os.path.exists(job.result_path):
+    if os.path.exists(job.result_path):  # complete (written atomically): its verdict stands even if it hung after
         try:
             with open(job.result_path, encoding="utf-8") as handle:
                 result = CheckResult.from_dict(json.load(handle))
             result.duration_s = elapsed
-            return result
         except (OSError, ValueError, KeyError) as err:
             return CheckResult(job.spec.name, Status.FAIL, f"unreadable result: {err}", elapsed)
+        if job.timed_out:
+            result.figures["killed_after_reporting"] = True
+            result.reason += (f" (its process reported, then did not exit before the {job.timeout_s:g} s limit "
+                              "and was killed)")
+        return result
+    if job.timed_out:
+        return CheckResult(job.spec.name, Status.FAIL, f"timed out after {job.timeout_s:g} s (killed)", elapsed,
+                           {"timeout_s": job.timeout_s, "log_tail": _log_tail(job.log_path, lines=10)}, "timeout")
     return CheckResult(job.spec.name, Status.FAIL,
                        f"the check's process {_describe_exit(code)} before reporting: {_log_tail(job.log_path)}",
                        elapsed, {"exit_code": code, "log_tail": _log_tail(job.log_path, lines=10)}, "crashed")

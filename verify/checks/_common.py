@@ -4,11 +4,35 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 
-from verify import versions
+from verify import archs, nvsmi, versions
+
+# Values of CUDA_VISIBLE_DEVICES that make no GPU visible on purpose (the CUDA runtime enumerates none).
+_HIDES_EVERY_GPU = ("", "-1", "none", "NoDevFiles")
+
+
+def visibility_hides_every_gpu(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """'CUDA_VISIBLE_DEVICES=...' when that variable is set so that no GPU is visible, else None.
+
+    A choice of the user's (or a scheduler's), not a driver failure: checks say "no GPU made visible".
+    """
+    visible = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in _HIDES_EVERY_GPU:
+        return f"CUDA_VISIBLE_DEVICES={visible!r}"
+    return None
+
+
+def mig_without_device(report: nvsmi.SmiReport, visible_count: int) -> Optional[str]:
+    """Why CUDA sees no GPU when a GPU has MIG mode on and no MIG device was handed to this process."""
+    enabled = [gpu.name for gpu in report.gpus if (getattr(gpu, "mig_mode", None) or "") == "Enabled"]
+    if not enabled or visible_count:
+        return None
+    return (f"{enabled[0]} has MIG mode enabled but no MIG device is visible: CUDA cannot use a MIG-enabled GPU "
+            "as a whole; create GPU instances (`nvidia-smi mig -cgi ... -C`) and expose one "
+            "(`--gpus device=0:0`, NVIDIA_VISIBLE_DEVICES=MIG-<uuid>), or disable MIG (`nvidia-smi -mig 0`)")
 
 
 def gpu_missing_reason() -> Optional[str]:
@@ -20,13 +44,37 @@ def gpu_missing_reason() -> Optional[str]:
         available = torch.cuda.is_available()
     if available:
         return None
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1", "none", "NoDevFiles"):
-        return f"no GPU: CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    hidden = visibility_hides_every_gpu()
+    if hidden:
+        return f"no GPU made visible: {hidden} hides every GPU"
     if not os.path.exists("/proc/driver/nvidia/version") and shutil.which("nvidia-smi") is None:
         return "no GPU: no NVIDIA driver found (in Docker, run with --gpus all)"
+    mig = mig_without_device(nvsmi.query(), 0)
+    if mig:
+        return f"no GPU: {mig}"
     detail = str(caught[-1].message).strip().splitlines()[0] if caught else "torch.cuda.is_available() is False"
     return f"no GPU: {detail}"
+
+
+def gpu_unusable_reason() -> Optional[str]:
+    """None when torch can run kernels on every visible GPU; otherwise why not.
+
+    A GPU this build has no code for is the cuda check's finding (it names the tags that would
+    work). The checks that would launch kernels after it say "not covered (see cuda)" and run on the
+    CPU or skip, instead of six failures that all read "no kernel image is available".
+    """
+    missing = gpu_missing_reason()
+    if missing:
+        return missing
+    arch_list = list(torch.cuda.get_arch_list())
+    if not arch_list:  # the build states nothing to compare with: let the kernels themselves tell
+        return None
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        if not archs.coverage(major, minor, arch_list).ok:
+            return (f"GPU {index} ({torch.cuda.get_device_name(index)}, {archs.sm_name(major, minor)}) is not "
+                    "covered by this build's kernels (see cuda)")
+    return None
 
 
 def nccl_version() -> Optional[str]:
@@ -52,4 +100,3 @@ def compare(actual: torch.Tensor, reference: torch.Tensor, tolerance: float) -> 
     error = float((actual - reference).abs().max()) / scale
     finite = bool(torch.isfinite(actual).all())
     return finite and torch.allclose(actual, reference, rtol=tolerance, atol=tolerance * scale), error
-

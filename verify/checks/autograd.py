@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from verify.checks._common import gpu_missing_reason
+from verify.checks._common import gpu_unusable_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -119,10 +119,10 @@ def _graph_semantics(found: Findings) -> None:
 
 
 def _gpu_matches_cpu(found: Findings) -> str:
-    missing = gpu_missing_reason()
+    missing = gpu_unusable_reason()
     if missing:
         found.figures["gpu_vs_cpu"] = f"not run: {missing}"
-        return "GPU vs CPU gradients not compared (no GPU)"
+        return f"GPU vs CPU gradients not compared ({missing})"
     generator = torch.Generator().manual_seed(1)
     weights = [torch.randn(16, 8, generator=generator, dtype=torch.float64),
                torch.randn(4, 16, generator=generator, dtype=torch.float64)]

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from verify import compat
-from verify.checks._common import compare, gpu_missing_reason
+from verify.checks._common import compare, gpu_unusable_reason
 from verify.context import CheckContext
 from verify.errors import root_cause
 from verify.result import Findings, Outcome
@@ -159,7 +159,7 @@ def choose_device(gpu_missing: Optional[str], capability: Optional[Tuple[int, in
 
 def run(ctx: CheckContext) -> Outcome:
     found = Findings()
-    missing = gpu_missing_reason()
+    missing = gpu_unusable_reason()
     device, not_gpu = choose_device(missing, None if missing else torch.cuda.get_device_capability(0))
     if not_gpu:
         found.warn(not_gpu)
@@ -190,7 +190,7 @@ def run(ctx: CheckContext) -> Outcome:
             found.figures["compile_s"] = round(time.perf_counter() - started, 2)
     except Exception as err:
         named = "; ".join(problems) + "; " if problems else ""
-        cause = compiler_crash(str(err)) or named_cause(root_cause(err), int(user["uid"]))  # type: ignore[call-overload]
+        cause = compiler_crash(str(err)) or named_cause(root_cause(err), os.geteuid())
         # The cause ends the reason (a long one is cut in its middle, not at its end).
         reason = f"torch.compile failed as {who}: {named}{cause}"
         found.fail(reason if len(reason) <= 600 else reason[:300] + " ... " + reason[-295:])
@@ -204,4 +204,5 @@ def run(ctx: CheckContext) -> Outcome:
         found.warn(problem)
     path = "Triton on the GPU" if device == "cuda" else "C++ on the CPU"
     return found.outcome(f"torch.compile ({path}) matches eager (error {error:.1e}), as {who} "
-                         f"({'root' if user['root'] else 'not root'})")
+                         f"({'root' if user['root'] else 'not root'})"
+                         + (f"; {missing}" if missing and "not covered" in missing else ""))

@@ -9,7 +9,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from verify import compat, versions
+from verify import compat, nvsmi, versions
+from verify.checks._common import mig_without_device, visibility_hides_every_gpu
 from verify.context import CheckContext
 from verify.manifest import Manifest
 from verify.result import Findings, Outcome
@@ -87,11 +88,20 @@ def run(ctx: CheckContext) -> Outcome:
         found.fail(verdict.message)
     elif verdict is not None and verdict.status == compat.WARN:
         found.warn(verdict.message)
+    hidden = visibility_hides_every_gpu()
+    if count == 0 and hidden and not found.failed:
+        # The user's (or the scheduler's) choice, not a driver fault: judged like any run without a GPU.
+        said = verdict.message if verdict is not None else f"driver {driver}"
+        return ctx.no_gpu(f"no GPU made visible: {hidden} hides every GPU ({said})", found.figures,
+                          found.key_figure)
     if count == 0:
+        mig = mig_without_device(nvsmi.query(), count) if torch.version.cuda else None
         if torch.version.cuda is None:
             why = f"torch {torch.__version__} is a CPU build"
-        elif (os.environ.get("CUDA_VISIBLE_DEVICES") or "x").strip() in ("", "-1"):
-            why = f"CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r} hides every GPU"
+        elif hidden:
+            why = f"{hidden} hides every GPU"
+        elif mig:
+            why = mig
         elif caught:
             why = str(caught[-1].message).strip().splitlines()[0]
         else:

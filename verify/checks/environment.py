@@ -59,12 +59,19 @@ def _cudnn_version(torch: ModuleType) -> Tuple[Optional[str], Optional[str]]:
         return None, lines[0] if lines else "torch.backends.cudnn.version() failed"
 
 
-def _initialise(torch: ModuleType) -> None:
-    """Load what a training job loads, so /proc/self/maps shows the libraries really in use."""
-    if torch.cuda.is_available():
+def _initialise(torch: ModuleType) -> Optional[str]:
+    """Load what a training job loads, so /proc/self/maps shows the libraries really in use.
+
+    Returns why the GPU libraries were not loaded (no GPU, or one this build has no kernels for),
+    or None when they were."""
+    from verify.checks._common import gpu_unusable_reason  # imports torch: only after torch imported here
+
+    unusable = gpu_unusable_reason()
+    if unusable is None:
         a = torch.ones(8, 8, device="cuda")
         (a @ a).sum().item()  # cuBLAS
         torch.nn.functional.conv2d(a.view(1, 1, 8, 8), torch.ones(1, 1, 3, 3, device="cuda")).sum().item()
+    return unusable
 
 
 def _cuda_wheel_version(component: str, cuda_major: Optional[str]) -> Optional[str]:
@@ -129,7 +136,9 @@ def _compare(ctx: CheckContext, found: Findings, torch: ModuleType) -> Outcome:
     if cudnn_error:
         found.fail(cudnn_error)
     else:
-        _initialise(torch)
+        not_loaded = _initialise(torch)
+        if not_loaded and torch.version.cuda:
+            found.figures["gpu_libraries_not_loaded"] = not_loaded
     manifest = ctx.manifest
     cuda_major = (torch.version.cuda or (manifest.cuda if manifest else None) or "").split(".")[0] or None
     actual = _actual_versions(torch, cuda_major, cudnn)

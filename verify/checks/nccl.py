@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from verify import perfmath, versions
 from verify.checks._collective import allreduce_seconds
-from verify.checks._common import gpu_missing_reason, nccl_version
+from verify.checks._common import gpu_unusable_reason, nccl_version
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -89,7 +89,7 @@ def run(ctx: CheckContext) -> Outcome:
     if version and promised and not versions.same_release(promised, version):
         found.fail(f"NCCL {version} is in use but the manifest promises {promised}")
 
-    missing = gpu_missing_reason()
+    missing = gpu_unusable_reason()
     backend, world = ("gloo", CPU_RANKS) if missing else ("nccl", torch.cuda.device_count())
     found.figures.update({"backend": backend, "world_size": world})
     found.key_figure = f"NCCL {version}" if version else f"{backend} x{world}"
@@ -129,5 +129,10 @@ def run(ctx: CheckContext) -> Outcome:
             return found.outcome("")
         return ctx.no_gpu(f"{missing}: NCCL not exercised; the same process-group code gave an exact gloo "
                           f"all-reduce ({expected:g}) over {world} CPU processes", found.figures, found.key_figure)
+    if world == 1 and not found.failed:
+        # One rank talks to nobody (NCCL also refuses two ranks on one GPU): the communicator is built but
+        # no P2P, shared-memory or network transport is opened, so a pass would claim what was never run.
+        found.warn("1 GPU, so 1 rank: NCCL initialised and reduced, but no transport (P2P, shared memory, network) "
+                   "was exercised; multi-GPU NCCL is unproven on this host")
     detail = f"; bus bandwidth {bandwidth:g} GB/s" if bandwidth is not None else " (1 GPU: no bandwidth to measure)"
     return found.outcome(f"NCCL {version}: exact all-reduce over {world} GPU(s){detail}")

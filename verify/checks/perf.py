@@ -4,13 +4,14 @@ Slow is a warning, not a failure: a shared, power-capped or throttled GPU still 
 """
 from __future__ import annotations
 
+import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from verify import compat, perfmath
-from verify.checks._common import gpu_missing_reason
+from verify.checks._common import gpu_unusable_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -70,8 +71,42 @@ def _host_to_device_gbps(pinned: bool) -> float:
     return 5 * HOST_BYTES / (time.perf_counter() - started) / 1e9
 
 
+def judge(found: Findings, measured: Dict[str, Optional[float]], peak: Optional[perfmath.Peak]) -> None:
+    """Each figure against the published peak: above it the timing is wrong (FAIL), below half it is slow (WARN)."""
+    slow: List[str] = []
+    impossible: List[str] = []
+    if peak is not None:
+        for key in ("tf32_tflops", "bf16_tflops", "fp16_tflops", "memory_gbps"):
+            value, reference = measured[key], getattr(peak, key)
+            share = perfmath.percent_of(value, reference) if value is not None else None
+            found.figures[f"{key}_pct_of_peak"] = share
+            if share is None:
+                continue
+            said = f"{key.split('_')[0]} {value:.0f} is {share:.0f}% of the {peak.label}'s {reference:g}"
+            if share > 100 * perfmath.IMPOSSIBLE_FRACTION:
+                impossible.append(said)
+            elif share < 100 * perfmath.SLOW_FRACTION and peak.warn_when_slow:
+                slow.append(said)
+    if impossible:
+        found.fail("above the published peak, which no GPU reaches: " + "; ".join(impossible) + " (the timing is "
+                   "wrong, e.g. a kernel not waited for, or the device is not the part its name says)")
+    if slow:
+        found.warn("below half the published peak: " + "; ".join(slow) + " (" + _slow_hint(found) + ")")
+
+
+def _slow_hint(found: Findings) -> str:
+    """Where to look first. NVIDIA_TF32_OVERRIDE=0 turns TF32 off in cuBLAS and cuDNN whatever torch asks,
+    so tf32 matmuls run at the plain fp32 rate (about a tenth): a setting, not a power cap."""
+    override = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    found.figures["NVIDIA_TF32_OVERRIDE"] = override
+    if override is not None and override.strip() == "0":
+        return ("NVIDIA_TF32_OVERRIDE=0 is set: it disables TF32 in cuBLAS, so tf32 runs at the fp32 rate; "
+                "unset it, then check `nvidia-smi -q -d CLOCK,POWER` if it stays slow")
+    return "check `nvidia-smi -q -d CLOCK,POWER` for power caps or throttling, and other processes on the GPU"
+
+
 def run(ctx: CheckContext) -> Outcome:
-    missing = gpu_missing_reason()
+    missing = gpu_unusable_reason()
     if missing:
         return ctx.no_gpu(missing)
     found = Findings()
@@ -93,17 +128,7 @@ def run(ctx: CheckContext) -> Outcome:
     }
     for key, value in measured.items():
         found.figures[key] = round(value, 1) if value is not None else None
-    slow = []
-    if peak is not None:
-        for key in ("tf32_tflops", "bf16_tflops", "fp16_tflops", "memory_gbps"):
-            value, reference = measured[key], getattr(peak, key)
-            share = perfmath.percent_of(value, reference) if value is not None else None
-            found.figures[f"{key}_pct_of_peak"] = share
-            if share is not None and share < 100 * perfmath.SLOW_FRACTION and peak.warn_when_slow:
-                slow.append(f"{key.split('_')[0]} {value:.0f} is {share:.0f}% of the {peak.label}'s {reference:g}")
-    if slow:
-        found.warn("below half the published peak: " + "; ".join(slow) + " (check `nvidia-smi -q -d CLOCK,POWER` "
-                   "for power caps or throttling, and other processes on the GPU)")
+    judge(found, measured, peak)
     best = measured["bf16_tflops"] or measured["fp16_tflops"] or 0.0
     found.key_figure = f"{best:.0f} TFLOP/s 16-bit"
     table = f"vs {peak.label} peaks" if peak else f"no published peak on file for {name}: no percentages"

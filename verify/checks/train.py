@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from verify import compat
-from verify.checks._common import gpu_missing_reason
+from verify.checks._common import gpu_unusable_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -140,7 +140,7 @@ def train(device: str, random_labels: bool = False) -> Dict[str, Any]:
 
 def run(ctx: CheckContext) -> Outcome:
     found = Findings()
-    missing = gpu_missing_reason()
+    missing = gpu_unusable_reason()
     device = "cpu" if missing else "cuda"
     figures = train(device, random_labels=ctx.fault == "random-labels")
     found.figures.update(figures)
@@ -155,4 +155,5 @@ def run(ctx: CheckContext) -> Outcome:
         found.fail(f"held-out accuracy {accuracy:.0%} after {figures['steps']} steps (chance 10%, needs "
                    f">= {MIN_ACCURACY:.0%})")
     return found.outcome(f"loss {initial:.2f} -> {final:.2f}, accuracy {accuracy:.0%} on {device} "
-                         f"({figures['precision']}) in {figures['steps']} steps")
+                         f"({figures['precision']}) in {figures['steps']} steps"
+                         + (f"; {missing}" if missing and "not covered" in missing else ""))
