@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from verify import compat, versions
-from verify.checks._common import compare, gpu_missing_reason
+from verify.checks._common import compare, gpu_unusable_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -108,7 +108,7 @@ def run(ctx: CheckContext) -> Outcome:
     found.key_figure = f"cuDNN {runtime}" if runtime else "cuDNN ?"
     if runtime is None:  # no usable cuDNN: conv2d would only fail the same way
         return found.outcome("")
-    missing = gpu_missing_reason()
+    missing = gpu_unusable_reason()
     if missing:
         if found.failed:
             return found.outcome("")
