@@ -1,20 +1,22 @@
 """`python build.py`: arguments to one call each; errors become one line and an exit code here, nowhere else.
 
 What needs Docker (pipeline, engine) is imported only by the commands that use it: --list, --dry-run,
---render, --ci-matrix and --k8s-job work without the SDK or a daemon."""
+--render, --ci-matrix, --k8s-job, --preflight and `--cuda auto` work without the SDK or a daemon."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import platform as _platform
 import sys
 import time
 from pathlib import Path
 
 from . import ca, matrix, plan, render, tables, wheelcache
-from .errors import MatrixError, PytorchCudaError, UsageError
+from .errors import MatrixError, NoCompatibleTag, PytorchCudaError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+AUTO = "auto"  # --cuda auto: the newest tag that fits this host's GPUs and driver
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,15 +30,16 @@ def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="build.py", description="Render, build and tag PyTorch+CUDA images (runtime, jupyter, ssh).",
                 epilog="Examples: build.py --cuda 12.1 | build.py --cuda 12.4 --torch 2.5 --variant jupyter")
     pick = p.add_argument_group("what to build")
-    pick.add_argument("--cuda", help="CUDA version, e.g. 12.1: picks the newest torch built for it")
+    pick.add_argument("--cuda", help="CUDA version, e.g. 12.1: picks the newest torch built for it; 'auto': the "
+                                     "newest tag with kernels for this host's GPUs that its driver runs (nvidia-smi)")
     pick.add_argument("--torch", help="torch release (2.4.1) or minor (2.4)")
     pick.add_argument("--python", help="Python version of the image (default: the base image's, 3.11)")
     pick.add_argument("--variant", action="append", choices=plan.VARIANTS,
                       help="repeatable; default: runtime, jupyter, ssh (--render, --ci-matrix: all four)")
     pick.add_argument("--all", action="store_true", help="every tag of the matrix")
-    pick.add_argument("--platform", default=matrix.AMD64,
-                      help="linux/amd64 (default), linux/arm64, or both comma-separated; arm64 tags end in -arm64 "
-                           "(built through QEMU on an x86_64 machine)")
+    pick.add_argument("--platform",
+                      help="linux/amd64 (default; with --cuda auto: this host's), linux/arm64, or both comma-separated; "
+                           "arm64 tags end in -arm64 (built through QEMU on an x86_64 machine)")
     where = p.add_argument_group("where from, where to")
     where.add_argument("--base", help="base image (default from images/bases.json, e.g. debian:bookworm-slim)")
     where.add_argument("--bootstrap-base", action="store_true", help="make the base image from Debian packages now")
@@ -61,7 +64,9 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--no-alias", action="store_true", help="do not apply the short vX.Y aliases (CI moves them)")
     how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON and exit")
     how.add_argument("--verify", action="store_true", help="run `verify` inside each image built (with its GPUs)")
-    how.add_argument("--preflight", metavar="TAG", help="say whether image TAG can use this host's GPUs (no container)")
+    how.add_argument("--preflight", metavar="TAG", nargs="?", const="",
+                     help="say whether image TAG can use this host's GPUs (no container); without TAG, judge the "
+                          "newest tag that fits them")
     how.add_argument("--sbom", metavar="TAG", help="print the CycloneDX bill of materials of image TAG")
     how.add_argument("--audit", metavar="TAG", help="Debian packages with security updates waiting, and Python "
                                                     "packages with known vulnerabilities, in image TAG")
@@ -82,6 +87,24 @@ def parse_platforms(value: str) -> tuple[str, ...]:
         raise UsageError(f"unknown platform {unknown[0] if unknown else repr(value)}: images are built for "
                          f"{', '.join(matrix.PLATFORMS)}")
     return tuple(p for p in matrix.PLATFORMS if p in asked)
+
+
+def for_this_host(m: matrix.Matrix, torch: str | None, python: str | None,
+                  platforms: tuple[str, ...]) -> matrix.MatrixEntry:
+    """`--cuda auto`: the newest build (of `torch`, with `python`, when given) that fits this host, said why
+    on stderr (stdout stays the command's own: --ci-matrix prints JSON there)."""
+    from . import recommend
+
+    candidates = [b for b in m.newest_per_tag() if (not torch or torch in (b.torch, b.torch_minor))
+                  and (not python or python in b.pythons)]
+    if not candidates:
+        m.resolve(torch=torch, python=python)  # raises the precise error
+    try:
+        choice = recommend.for_this_host(candidates, platforms)
+    except NoCompatibleTag as err:
+        raise NoCompatibleTag(f"--cuda auto: {err}; name a version instead (--cuda VERSION, see --list)") from None
+    print(f"--cuda auto: {choice.reason}", file=sys.stderr)
+    return choice.build
 
 
 def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> int:
@@ -118,9 +141,9 @@ def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.push and not args.registry:
         raise UsageError("--push needs --registry (e.g. --registry ghcr.io/acme)")
-    if args.preflight:
+    if args.preflight is not None:
         from . import preflight
-        return preflight.command(args.preflight)
+        return preflight.command(args.preflight or None)
     if args.sbom or args.audit:
         from . import audit
         return audit.sbom_command(args.sbom) if args.sbom else audit.audit_command(args.audit)
@@ -135,7 +158,17 @@ def run(argv: list[str] | None = None) -> int:
     if args.list:
         print(tables.matrix_table(m))
         return EXIT_OK
-    platforms = parse_platforms(args.platform)
+    if args.platform is None and args.cuda == AUTO:
+        # The tag is for this host's GPUs: on a GH200 or GB10 (aarch64) that means its arm64 images.
+        from .preflight import host_platform
+
+        args.platform = host_platform(_platform.machine())
+    platforms = parse_platforms(args.platform or matrix.AMD64)
+    if args.cuda == AUTO:
+        if args.all:
+            raise UsageError("--cuda auto picks one tag for this host: drop --all")
+        chosen = for_this_host(m, args.torch, args.python, platforms)
+        args.cuda, args.torch = chosen.cuda, chosen.torch
     beyond_amd64 = platforms != (matrix.AMD64,)
     if args.render and beyond_amd64:
         raise UsageError("--render writes the committed files, which are linux/amd64's: drop --platform")

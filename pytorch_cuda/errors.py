@@ -33,6 +33,10 @@ class IncompatibleCombination(UsageError):
         super().__init__(f"no build for {asked}; combinations that exist: {'; '.join(existing)}")
 
 
+class NoCompatibleTag(UsageError):
+    """No tag of the matrix fits this host's GPUs and driver (`--cuda auto`), or it has no GPU to fit."""
+
+
 class MatrixError(PytorchCudaError):
     """The matrix data files are missing or malformed."""
 

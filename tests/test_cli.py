@@ -39,6 +39,7 @@ def test_dry_run_prints_the_plan_without_docker(real_matrix):
      "torch 2.4.1 / CUDA 12.1 (pypi) has no CUDA wheels for linux/arm64; lines that have them: "
      "CUDA 13.0 (torch 2.11.0 to 2.14.1), CUDA 13.2 (torch 2.15.0)"),
     (["--all", "--render", "--platform", "linux/arm64"], "--render writes the committed files"),
+    (["--cuda", "auto", "--all", "--dry-run"], "--cuda auto picks one tag for this host: drop --all"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message):
     result = build_py(*args, env=NO_DAEMON)

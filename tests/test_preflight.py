@@ -128,3 +128,10 @@ def test_an_amd64_image_on_a_grace_host_says_why_in_words():
 def test_no_platform_finding_when_either_side_is_unknown():
     assert len(evaluate(IMAGE, HostFacts("580.95.05", (H100,), TOOLKIT, machine="aarch64"))) == 3
     assert len(evaluate(IMAGE, HostFacts("580.95.05", (H100,), TOOLKIT), "amd64")) == 3
+
+
+def test_each_finding_says_what_it_judges():
+    """So the CLI can tell a driver or GPU failure (which another tag may fix) from the others."""
+    findings = evaluate(IMAGE, HostFacts("550.54.15", (H100, H100), TOOLKIT, machine="x86_64"), "amd64")
+    assert [f.about for f in findings] == ["driver", "gpu", "gpu", "container", "platform"]
+    assert [f.about for f in evaluate(None, HostFacts("550.1", (H100,), TOOLKIT))] == ["image"]
