@@ -1,5 +1,10 @@
-"""Reading nvidia-smi: query output, old drivers, values it cannot tell, and full `-q` reports."""
+"""Reading nvidia-smi: query output, old drivers, values it cannot tell, full `-q` reports, and an
+nvidia-smi that does not answer (a hung driver) costing a bounded wait, never the run."""
+import os
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -7,13 +12,13 @@ from verify import nvsmi
 
 
 def answering(*replies):
-    """A stand-in for subprocess.run that answers each call with the next (returncode, stdout, stderr)."""
+    """A stand-in for nvsmi.run_smi that answers each call with the next (returncode, stdout, stderr)."""
     calls = []
 
-    def run(command, **kwargs):
+    def run(command, timeout_s):
         calls.append(command)
         code, out, err = replies[len(calls) - 1]
-        return subprocess.CompletedProcess(command, code, out, err)
+        return nvsmi.SmiAnswer(code, out, err)
 
     run.calls = calls
     return run
@@ -109,3 +114,97 @@ def test_full_q_reports(name, driver, cuda, gpus):
     facts = nvsmi.parse_q(fixture(name))
     assert (facts["driver"], facts["cuda"]) == (driver, cuda)
     assert [(g["name"], g["compute_mode"], g["mig_mode"]) for g in facts["gpus"]] == gpus
+
+
+def test_q_sections_nest_by_indentation_and_keep_several_gpus():
+    facts = nvsmi.parse_q(fixture("q-h100-sxm-x8-565.57.01-gpus-0-1.txt"))
+    assert (facts["driver"], facts["cuda"], facts["attached"]) == ("565.57.01", "12.7", 8)  # 8 on the host, 2 shown
+    assert [g["bus_id"] for g in facts["gpus"]] == ["00000000:18:00.0", "00000000:2A:00.0"]
+    fields = facts["gpus"][1]["fields"]
+    assert nvsmi.field_value(fields, "PCI", "GPU Link Info", "Link Width", "Max") == "16x"
+    assert nvsmi.field_value(fields, "Remapped Rows", "Bank Remap Availability Histogram", "Max") == "2560 bank(s)"
+    assert nvsmi.field_value(fields, "Retired Pages", "Single Bit ECC") is None  # "N/A"
+    # "HW Thermal Slowdown" is printed indented under "HW Slowdown : Not Active": it stays a clocks reason.
+    reasons = nvsmi.section_of(fields, "Clocks Event Reasons")
+    assert (reasons["HW Slowdown"], reasons["HW Thermal Slowdown"], reasons["Idle"]) == ("Not Active", "Not Active",
+                                                                                        "Active")
+    assert nvsmi.field_value(fields, "GPU Memory Power Readings", "Power Draw") == "50.06 W"  # title with a trailing space
+
+
+def test_q_old_layout_and_repeated_sections():
+    fields = nvsmi.parse_q(fixture("q-v100-sxm2-x4-418.67-gpu-0.txt"))["gpus"][0]["fields"]
+    assert nvsmi.field_value(fields, "ECC Errors", "Volatile", "Double Bit", "Total") == "0"
+    assert nvsmi.field_value(fields, "Retired Pages", "Pending") == "No"
+    assert nvsmi.section_of(fields, "Clocks Event Reasons", "Clocks Throttle Reasons")["Idle"] == "Active"
+    assert nvsmi.section_of(fields, "Clocks Event Reasons") == {}  # absent: an empty section, not an error
+    mig = nvsmi.parse_q(fixture("q-h100-80gb-hbm3-mig-590.48.01.txt"))["gpus"][0]["fields"]
+    assert [nvsmi.field_value(mig, title, "GPU Instance ID") for title in
+            ("MIG Device", "MIG Device #2", "MIG Device #3", "MIG Device #4")] == ["2", "3", "9", "10"]
+
+
+# --- a hung nvidia-smi (GPU fallen off the bus, Xid 79): bounded, killed, abandoned, said in words ---
+
+def fake_smi(tmp_path, body):
+    path = tmp_path / "nvidia-smi"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+class Unkillable(subprocess.Popen):
+    """A process stuck in the kernel (uninterruptible sleep): SIGKILL stays pending, the process stays."""
+
+    started = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        Unkillable.started.append(self.pid)
+
+    def kill(self):
+        pass
+
+    terminate = kill
+
+
+@pytest.fixture
+def unkillable(monkeypatch):
+    Unkillable.started = []
+    monkeypatch.setattr(subprocess, "Popen", Unkillable)
+    yield Unkillable.started
+    for pid in Unkillable.started:  # the test's own stand-in: really end it now
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def test_an_nvidia_smi_that_will_not_die_is_abandoned_and_named(tmp_path, monkeypatch, unkillable):
+    """subprocess.run(timeout=) kills, then waits without limit: here the wait would last the whole sleep."""
+    smi = fake_smi(tmp_path, "sleep 30")
+    monkeypatch.setattr(nvsmi, "TIMEOUT_S", 0.5)
+    monkeypatch.setattr(nvsmi, "KILL_GRACE_S", 0.5, raising=False)
+    answer = {}
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: answer.update(report=nvsmi.query(which=lambda name: smi)), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "query() still waits on an nvidia-smi that cannot be killed"
+    assert time.monotonic() - started < 5
+    problem = answer["report"].problem
+    assert "nvidia-smi did not answer within 0.5 s (driver hung?)" in problem, problem
+    assert f"process {unkillable[0]} is stuck in the kernel" in problem and "Xid" in problem
+    assert answer["report"].driver is None and answer["report"].gpus == ()
+
+
+def test_a_slow_nvidia_smi_is_killed_and_reaped(tmp_path):
+    smi = fake_smi(tmp_path, "sleep 30")
+    started = time.monotonic()
+    with pytest.raises(nvsmi.SmiHung, match=r"did not answer within 0\.3 s \(driver hung\?\): killed;") as caught:
+        nvsmi.run_smi([smi, "-q"], 0.3)
+    assert time.monotonic() - started < 5 and not caught.value.abandoned
+
+
+def test_run_smi_returns_what_nvidia_smi_printed(tmp_path):
+    smi = fake_smi(tmp_path, 'echo "$1"; echo oops >&2; exit 3')
+    assert nvsmi.run_smi([smi, "-q"], 5) == nvsmi.SmiAnswer(3, "-q\n", "oops\n")

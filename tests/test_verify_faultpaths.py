@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Dict, List
 
 import pytest
@@ -139,14 +138,33 @@ def test_driver_check_with_every_gpu_hidden_skips_instead_of_failing(monkeypatch
 
 # --- MIG on, no MIG device ---------------------------------------------------------------------------------
 
-def test_mig_enabled_without_a_mig_device_is_said_in_words():
-    report = SimpleNamespace(gpus=(SimpleNamespace(name="NVIDIA A100-SXM4-80GB", mig_mode="Enabled"),))
-    said = _common.mig_without_device(report, visible_count=0)
-    assert said is not None and said.startswith("NVIDIA A100-SXM4-80GB has MIG mode enabled but no MIG device")
-    assert "MIG-<uuid>" in said
-    assert _common.mig_without_device(report, visible_count=1) is None
-    off = SimpleNamespace(gpus=(SimpleNamespace(name="NVIDIA H100 80GB HBM3", mig_mode="Disabled"),))
-    assert _common.mig_without_device(off, visible_count=0) is None
+MIG_ON = """\
+==============NVSMI LOG==============
+
+Driver Version                            : 580.95.05
+CUDA Version                              : 13.0
+
+Attached GPUs                             : 1
+GPU 00000000:07:00.0
+    Product Name                          : NVIDIA A100-SXM4-80GB
+    MIG Mode
+        Current                           : {mode}
+        Pending                           : {mode}
+"""
+
+
+@pytest.mark.parametrize("mode, visible, said", [("Enabled", 0, True), ("Enabled", 1, False),
+                                                 ("Disabled", 0, False)])
+def test_mig_enabled_without_a_mig_device_is_said_in_words(mode, visible, said):
+    from verify import nvsmi
+
+    gpus = nvsmi.parse_q(MIG_ON.format(mode=mode))["gpus"]
+    message = _common.mig_without_device(gpus, visible_count=visible)
+    if said:
+        assert message is not None and message.startswith("NVIDIA A100-SXM4-80GB has MIG mode enabled but no MIG")
+        assert "MIG-<uuid>" in message
+    else:
+        assert message is None
 
 
 # --- a GPU this build has no kernels for: one FAIL (cuda), the rest say "not covered (see cuda)" ------------

@@ -19,11 +19,11 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
     code, report, table = verify_report(containers, spec.tag, shm_size="1g")
     assert code == 0, table
     checks = _checks(report)
-    for name in ("environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"):
+    for name in ("environment", "driver", "health", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"):
         assert name in checks, f"{name} missing from the report"
     for name in ("autograd", "compile", "train", "environment", "shm"):
         assert checks[name]["status"] == "pass", (name, checks[name])
-    for name in ("driver", "cuda"):
+    for name in ("driver", "health", "cuda"):
         assert checks[name]["status"] == "skip" and checks[name]["reason"], checks[name]
     assert checks["toolchain"]["status"] == "skip" and "not a devel image" in checks["toolchain"]["reason"]
     # The versions verify read from the loaded libraries (not the manifest's promise) are what torch

@@ -20,8 +20,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "verify_fixtures"
-EVERY_CHECK = ["environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "toolchain", "train",
-               "perf"]
+EVERY_CHECK = ["environment", "driver", "health", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "toolchain",
+               "train", "perf"]
 # Measured on a busy 2-core CPU host: ~11 s, ~23 s with a cold Inductor cache. A GPU host adds a cold
 # Triton compile and NCCL ranks spawned per GPU (each importing torch): allow minutes there.
 FULL_RUN_LIMIT_S = 300 if torch.cuda.is_available() else 60
@@ -96,7 +96,7 @@ def test_cpu_machine_runs_cpu_checks_and_skips_gpu_ones_out_loud(full_run):
     assert "nothing compared" in found["environment"]["reason"]
     assert found["shm"]["status"] in ("pass", "warn")  # a 64 MB /dev/shm warns
     assert found["shm"]["figures"]["batches"] == 4
-    for name in ("driver", "cuda", "cudnn", "nccl", "toolchain"):
+    for name in ("driver", "health", "cuda", "cudnn", "nccl", "toolchain"):
         assert found[name]["status"] == "skip", found[name]
         assert found[name]["reason"].strip()
     assert "no NVIDIA driver" in found["driver"]["reason"]

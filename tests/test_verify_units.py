@@ -319,8 +319,8 @@ def test_named_manifest_must_exist(tmp_path):
 
 def test_select_checks():
     default = [spec.name for spec in catalog.select(None, None, perf=False)]
-    assert default == ["environment", "driver", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "toolchain",
-                       "train"]
+    assert default == ["environment", "driver", "health", "cuda", "cudnn", "nccl", "shm", "autograd", "compile",
+                       "toolchain", "train"]
     assert [s.name for s in catalog.select(None, None, perf=True)][-1] == "perf"
     assert [s.name for s in catalog.select(["train,autograd"], None, perf=False)] == ["autograd", "train"]
     assert [s.name for s in catalog.select(["perf"], None, perf=False)] == ["perf"]

@@ -36,6 +36,8 @@ _DYNAMO = ("torch._dynamo",)
 CHECKS: Sequence[CheckSpec] = (
     CheckSpec("environment", "Python, torch, CUDA, cuDNN, NCCL versions vs the manifest; loaded libraries"),
     CheckSpec("driver", "NVIDIA driver version vs the minimum for the image's CUDA", needs_gpu=True),
+    CheckSpec("health", "GPU memory repairs, uncorrectable ECC errors, PCIe link, clock slowdowns, persistence "
+              "(nvidia-smi -q, like DCGM's level 1)", 60.0, needs_gpu=True),
     CheckSpec("cuda", "devices, arch coverage, a kernel, GPU matmul vs CPU", needs_gpu=True),
     CheckSpec("cudnn", "cuDNN versions; conv2d forward/backward on GPU vs CPU", needs_gpu=True),
     CheckSpec("nccl", "process group all-reduce (NCCL on GPUs, gloo on CPU)", 180.0, needs_gpu=True,

@@ -1,9 +1,14 @@
 """Asking `nvidia-smi` about the driver and GPUs, and reading what it prints. Standard library only.
 
-Used by `build.py --preflight` on the host (no torch there) and by verify's runner, which must know
-the GPUs' compute mode before it starts any check. Drivers differ in what they can answer:
-`compute_cap` is a query field only from driver 510 on (older ones refuse the whole query), and a
-value nvidia-smi cannot tell prints as "[N/A]".
+Used by `build.py --preflight` on the host (no torch there), by verify's runner, which must know the
+GPUs' compute mode before it starts any check, and by the `health` check (`nvidia-smi -q`). Drivers
+differ in what they can answer: `compute_cap` is a query field only from driver 510 on (older ones
+refuse the whole query), and a value nvidia-smi cannot tell prints as "[N/A]".
+
+Every call is bounded (`run_smi`). A GPU that fell off the bus (Xid 79) or a wedged driver leaves
+nvidia-smi in uninterruptible sleep inside the kernel: SIGKILL stays pending until the call returns,
+which may be never, so `subprocess.run(timeout=...)` (kill, then wait without limit) would hang with
+it. Here the process is killed, given a few seconds, then abandoned, and the caller is told in words.
 """
 from __future__ import annotations
 
@@ -12,13 +17,65 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 QUERY_FIELDS = ("driver_version", "name", "compute_cap", "compute_mode")
-TIMEOUT_S = 30
+TIMEOUT_S = 30.0
+KILL_GRACE_S = 5.0  # after SIGKILL: a process that is not stuck in the kernel is gone in milliseconds
 EXCLUSIVE_PROCESS = "Exclusive_Process"
 _NOT_A_VALUE = {"", "[N/A]", "N/A", "[Not Supported]", "Not Supported", "[Unknown Error]", "Not Found",
                 "[Requested functionality has been deprecated]", "Requested functionality has been deprecated"}
+
+
+class SmiHung(Exception):
+    """nvidia-smi did not answer in time. It was killed; `abandoned` when even SIGKILL did not end it."""
+
+    def __init__(self, timeout_s: float, abandoned: bool = False, pid: Optional[int] = None) -> None:
+        self.timeout_s = timeout_s
+        self.abandoned = abandoned
+        self.pid = pid
+        fate = (f"killed, and still not gone {KILL_GRACE_S:g} s later (process {pid} is stuck in the kernel)"
+                if abandoned else "killed")
+        super().__init__(f"nvidia-smi did not answer within {timeout_s:g} s (driver hung?): {fate}; check "
+                         "`dmesg` for Xid errors (79: the GPU has fallen off the bus); a reset or reboot may be needed")
+
+
+@dataclass(frozen=True)
+class SmiAnswer:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_smi(command: Sequence[str], timeout_s: float = TIMEOUT_S) -> SmiAnswer:
+    """Run nvidia-smi (`command`, its path first) and return what it printed, within `timeout_s`.
+
+    Raises SmiHung when it does not answer in time (killed, then abandoned after KILL_GRACE_S if
+    SIGKILL cannot end it), OSError when it cannot be started.
+    """
+    proc = subprocess.Popen(list(command), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, errors="replace")
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        try:
+            proc.wait(timeout=KILL_GRACE_S)  # wait, not communicate: a stuck child's pipes never close
+        except subprocess.TimeoutExpired:
+            _close_pipes(proc)
+            raise SmiHung(timeout_s, abandoned=True, pid=proc.pid) from None
+        _close_pipes(proc)
+        raise SmiHung(timeout_s) from None
+    return SmiAnswer(proc.returncode, stdout or "", stderr or "")
+
+
+def _close_pipes(proc: subprocess.Popen[str]) -> None:
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
 
 @dataclass(frozen=True)
@@ -32,7 +89,7 @@ class SmiGpu:
 class SmiReport:
     driver: Optional[str]
     gpus: Tuple[SmiGpu, ...]
-    problem: str = ""  # why nothing (or less) could be read: nvidia-smi missing, failing, an old driver
+    problem: str = ""  # why nothing (or less) could be read: nvidia-smi missing, failing, hung, an old driver
 
 
 def _value(text: Optional[str]) -> Optional[str]:
@@ -66,50 +123,89 @@ def parse_query(text: str, fields: Optional[Sequence[str]] = QUERY_FIELDS) -> Tu
     return driver, tuple(gpus)
 
 
-_Q_LINE = re.compile(r"^(\s*)([^:]+?)\s*:\s*(.*)$")
+# --- `nvidia-smi -q`: "Key   : value" lines, sections by indentation (4 spaces a level) ---
+
+Section = Dict[str, Any]  # a key's value (str, or None where nvidia-smi cannot tell), or a nested Section
+_Q_FIELD = re.compile(r"^(\s*)(\S.*?)\s+:\s?(.*)$")  # nvidia-smi pads every key before its " : "
+_Q_GPU = re.compile(r"^GPU ([0-9A-Fa-f]+:[0-9A-Fa-f]+:[0-9A-Fa-f]+\.[0-9A-Fa-f]+)\s*$")
 
 
-def parse_q(text: str) -> Dict[str, object]:
-    """The facts of a full `nvidia-smi -q` report: driver, CUDA version and each GPU's name, modes.
+def parse_q(text: str) -> Dict[str, Any]:
+    """A full `nvidia-smi -q` report: the top-level facts, and each GPU's fields as nested sections.
 
-    Returns {"driver": str|None, "cuda": str|None, "gpus": [{"name", "compute_mode", "mig_mode",
-    "bus_id"}]}. Only top-level and per-GPU keys are read; sections nested deeper are skipped.
+    Returns {"driver", "cuda", "attached" (int: GPUs on the host, also under `-i`), "fields" (top
+    level), "gpus": [{"bus_id", "name", "compute_mode", "mig_mode", "fields": Section}]}. A value
+    nvidia-smi cannot tell ("N/A", "Not Found", ...) is None. Lines indented under a field that has a
+    value ("HW Thermal Slowdown" under "HW Slowdown : Active") belong to the section that field is in;
+    a section title met twice in one place ("MIG Device") gets " #2", " #3"... appended.
     """
-    facts: Dict[str, object] = {"driver": None, "cuda": None}
-    gpus: List[Dict[str, Optional[str]]] = []
-    section: Optional[str] = None
-    for line in text.splitlines():
-        if line.startswith("GPU "):
-            gpus.append({"bus_id": line[4:].strip(), "name": None, "compute_mode": None, "mig_mode": None})
-            section = None
+    top: Section = {}
+    gpus: List[Dict[str, Any]] = []
+    stack: List[Tuple[int, Section]] = [(-1, top)]  # (indent of the section's title, the section)
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if not line.strip() or line.lstrip().startswith("==="):
             continue
-        match = _Q_LINE.match(line)
-        if not match:
-            if line.strip() and not line.startswith(" "):
-                section = None
-            elif line.strip():
-                section = line.strip()
+        indent = len(line) - len(line.lstrip())
+        gpu_title = _Q_GPU.match(line)
+        if gpu_title:
+            fields: Section = {}
+            gpus.append({"bus_id": gpu_title.group(1), "fields": fields})
+            stack = [(-1, top), (0, fields)]
             continue
-        indent, key, value = len(match.group(1)), match.group(2).strip(), _value(match.group(3))
-        if not gpus:
-            if key == "Driver Version":
-                facts["driver"] = value
-            elif key in ("CUDA Version", "CUDA Driver Version"):
-                facts["cuda"] = value
+        while len(stack) > 1 and stack[-1][0] >= indent:
+            stack.pop()
+        section = stack[-1][1]
+        field = _Q_FIELD.match(line)
+        if field:
+            section[field.group(2)] = _value(field.group(3))
             continue
-        gpu = gpus[-1]
-        if indent <= 4 and key in ("Product Name", "Compute Mode"):
-            gpu["name" if key == "Product Name" else "compute_mode"] = value
-        elif key == "Current" and section == "MIG Mode":
-            gpu["mig_mode"] = value
-    facts["gpus"] = gpus
+        title = line.strip()
+        if title in section:
+            count = 2
+            while f"{title} #{count}" in section:
+                count += 1
+            title = f"{title} #{count}"
+        child: Section = {}
+        section[title] = child
+        stack.append((indent, child))
+    attached = top.get("Attached GPUs")
+    facts: Dict[str, Any] = {
+        "driver": top.get("Driver Version"),
+        "cuda": top.get("CUDA Version") or top.get("CUDA Driver Version"),
+        "attached": int(attached) if isinstance(attached, str) and attached.isdigit() else None,
+        "fields": top,
+        "gpus": gpus,
+    }
+    for gpu in gpus:
+        gpu["name"] = field_value(gpu["fields"], "Product Name")
+        gpu["compute_mode"] = field_value(gpu["fields"], "Compute Mode")
+        gpu["mig_mode"] = field_value(gpu["fields"], "MIG Mode", "Current")
     return facts
 
 
-Runner = Callable[..., "subprocess.CompletedProcess[str]"]
+def section_of(fields: Section, *names: str) -> Section:
+    """The first of `names` that is a section in `fields` ({} when none is: older drivers, "N/A")."""
+    for name in names:
+        found = fields.get(name)
+        if isinstance(found, dict):
+            return found
+    return {}
 
 
-def query(which: Callable[[str], Optional[str]] = shutil.which, run: Runner = subprocess.run) -> SmiReport:
+def field_value(fields: Section, *path: str) -> Optional[str]:
+    """The value at `path` (section names, then the field), or None when absent or not told."""
+    for name in path[:-1]:
+        fields = section_of(fields, name)
+    found = fields.get(path[-1]) if path else None
+    return found if isinstance(found, str) else None
+
+
+Runner = Callable[[Sequence[str], float], SmiAnswer]
+
+
+def query(which: Callable[[str], Optional[str]] = shutil.which, run: Runner = run_smi,
+          timeout_s: Optional[float] = None) -> SmiReport:
     """The driver and GPUs as nvidia-smi reports them, or what stopped it, in words."""
     smi = which("nvidia-smi")
     if smi is None:
@@ -119,13 +215,12 @@ def query(which: Callable[[str], Optional[str]] = shutil.which, run: Runner = su
     for attempt in range(2):
         try:
             done = run([smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
-                       capture_output=True, text=True, timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return SmiReport(None, (), f"nvidia-smi did not answer within {TIMEOUT_S} s: the driver may be hung "
-                                       "(check `dmesg` for Xid errors)")
+                       TIMEOUT_S if timeout_s is None else timeout_s)
+        except SmiHung as err:
+            return SmiReport(None, (), str(err))
         except OSError as err:
             return SmiReport(None, (), f"nvidia-smi failed: {err}")
-        output = (done.stdout or "") + (done.stderr or "")
+        output = done.stdout + done.stderr
         if done.returncode == 0:
             driver, gpus = parse_query(done.stdout, fields)
             return SmiReport(driver, gpus, problem)

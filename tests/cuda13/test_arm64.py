@@ -104,7 +104,7 @@ def test_verify_passes_its_cpu_checks_in_the_arm64_image_under_emulation(both_pl
     checks = {check["name"]: check for check in json.loads(report)["checks"]}
     for name in ("environment", "shm", "autograd", "compile", "train"):  # what a CPU can check
         assert checks[name]["status"] == "pass", (name, checks[name])
-    for name in ("driver", "cuda"):  # and what it cannot, said as skipped with the reason
+    for name in ("driver", "health", "cuda"):  # and what it cannot, said as skipped with the reason
         assert checks[name]["status"] == "skip" and "no NVIDIA driver" in checks[name]["reason"], checks[name]
     assert checks["nccl"]["status"] == "skip" and "gloo all-reduce" in checks["nccl"]["reason"], checks["nccl"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from typing import Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -25,14 +25,28 @@ def visibility_hides_every_gpu(environ: Optional[Mapping[str, str]] = None) -> O
     return None
 
 
-def mig_without_device(report: nvsmi.SmiReport, visible_count: int) -> Optional[str]:
-    """Why CUDA sees no GPU when a GPU has MIG mode on and no MIG device was handed to this process."""
-    enabled = [gpu.name for gpu in report.gpus if (getattr(gpu, "mig_mode", None) or "") == "Enabled"]
+def mig_without_device(gpus: Sequence[Mapping[str, Any]], visible_count: int) -> Optional[str]:
+    """Why CUDA sees no GPU when a GPU has MIG mode on and no MIG device was handed to this process.
+
+    `gpus`: nvsmi.parse_q's GPUs (each with its "mig_mode", "Enabled" or "Disabled")."""
+    enabled = [str(gpu.get("name") or "a GPU") for gpu in gpus if gpu.get("mig_mode") == "Enabled"]
     if not enabled or visible_count:
         return None
     return (f"{enabled[0]} has MIG mode enabled but no MIG device is visible: CUDA cannot use a MIG-enabled GPU "
             "as a whole; create GPU instances (`nvidia-smi mig -cgi ... -C`) and expose one "
             "(`--gpus device=0:0`, NVIDIA_VISIBLE_DEVICES=MIG-<uuid>), or disable MIG (`nvidia-smi -mig 0`)")
+
+
+def smi_gpus() -> List[Dict[str, Any]]:
+    """This host's GPUs as `nvidia-smi -q` describes them (time-limited); none when it cannot tell."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        answer = nvsmi.run_smi([smi, "-q"])
+    except (nvsmi.SmiHung, OSError):
+        return []
+    return list(nvsmi.parse_q(answer.stdout)["gpus"]) if answer.returncode == 0 else []
 
 
 def gpu_missing_reason() -> Optional[str]:
@@ -49,7 +63,7 @@ def gpu_missing_reason() -> Optional[str]:
         return f"no GPU made visible: {hidden} hides every GPU"
     if not os.path.exists("/proc/driver/nvidia/version") and shutil.which("nvidia-smi") is None:
         return "no GPU: no NVIDIA driver found (in Docker, run with --gpus all)"
-    mig = mig_without_device(nvsmi.query(), 0)
+    mig = mig_without_device(smi_gpus(), 0)
     if mig:
         return f"no GPU: {mig}"
     detail = str(caught[-1].message).strip().splitlines()[0] if caught else "torch.cuda.is_available() is False"

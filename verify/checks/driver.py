@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import warnings
 from typing import Optional, Tuple
 
 import torch
 
 from verify import compat, nvsmi, versions
-from verify.checks._common import mig_without_device, visibility_hides_every_gpu
+from verify.checks._common import mig_without_device, smi_gpus, visibility_hides_every_gpu
 from verify.context import CheckContext
 from verify.manifest import Manifest
 from verify.result import Findings, Outcome
@@ -36,12 +35,10 @@ def read_driver_version() -> Tuple[Optional[str], Optional[str]]:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None, None
-    try:
-        done = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                              capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S)
-    except subprocess.TimeoutExpired as err:
-        raise DriverQueryError(f"nvidia-smi did not answer within {NVIDIA_SMI_TIMEOUT_S} s: the driver may be hung "
-                               "(check `dmesg` for Xid errors)") from err
+    try:  # time-limited, and abandoned if even SIGKILL cannot end it (stuck in a hung driver)
+        done = nvsmi.run_smi([smi, "--query-gpu=driver_version", "--format=csv,noheader"], NVIDIA_SMI_TIMEOUT_S)
+    except nvsmi.SmiHung as err:
+        raise DriverQueryError(str(err)) from err
     version = versions.parse_driver_version(done.stdout)
     if done.returncode != 0 or version is None:
         detail = (done.stderr or done.stdout).strip().splitlines()
@@ -95,7 +92,7 @@ def run(ctx: CheckContext) -> Outcome:
         return ctx.no_gpu(f"no GPU made visible: {hidden} hides every GPU ({said})", found.figures,
                           found.key_figure)
     if count == 0:
-        mig = mig_without_device(nvsmi.query(), count) if torch.version.cuda else None
+        mig = mig_without_device(smi_gpus(), count) if torch.version.cuda else None
         if torch.version.cuda is None:
             why = f"torch {torch.__version__} is a CPU build"
         elif hidden:
