@@ -11,8 +11,6 @@ import re
 import ssl
 from pathlib import Path
 
-import certifi
-
 from .errors import UsageError
 
 CA_ENV_VARS = ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -53,6 +51,8 @@ def build_arg_for(path: Path | None) -> str:
     text = path.read_text(errors="replace")
     if not pem_certificates(text):
         raise UsageError(f"--ca-cert {path}: no PEM certificate in it")
+    import certifi  # here, not at import: build.py's other commands need no certifi
+
     extra = extra_certificates(text, Path(certifi.where()).read_text())
     value = "\n".join(extra)
     if len(value.encode()) > MAX_CA_BYTES:

@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from verify import compat
 from verify import manifest as contract
@@ -14,6 +12,9 @@ from verify import manifest as contract
 from . import layers, lockfile
 from .matrix import REPO_ROOT, Matrix
 from .plan import IMAGE_GID, IMAGE_HOME, IMAGE_UID, IMAGE_USER, IMAGE_USER_SPEC, ImageSpec
+
+if TYPE_CHECKING:
+    import jinja2
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 # Lays the runtime's venv out as component layers inside the builder stage (a build context file).
@@ -25,6 +26,8 @@ BUILDER_TOOLS_LOCK = REPO_ROOT / "images" / "builder-tools.lock"
 @cache
 def environment(templates_dir: Path) -> jinja2.Environment:
     """The one Jinja environment for every template (Dockerfiles, Kubernetes): strict and trimmed."""
+    import jinja2  # here, not at import: preflight renders manifests only, on GPU hosts that may lack jinja2
+
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,  # a typo in a template fails instead of rendering empty

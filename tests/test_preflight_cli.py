@@ -223,3 +223,17 @@ def test_cuda_auto_on_an_aarch64_host_picks_its_arm64_images(tmp_path, monkeypat
     said = capsys.readouterr()
     assert "2.14.1-cuda13.0" in said.err, said.err  # hosts.csv: GH200 on 580.95.05, arm64
     assert "pytorch-cuda:2.14.1-cuda13.0-runtime-arm64" in said.out, said.out
+
+
+def test_preflight_runs_with_only_the_standard_library_and_verify(tmp_path):
+    """The GPU machine's python3 has torch but maybe no jinja2, certifi or Docker SDK: preflight still judges."""
+    env = host_env(tmp_path, "580.159.04", [H100], sdk=False)
+    hide = tmp_path / "bare"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nfor name in ('docker', 'jinja2', 'certifi'):\n"
+                                           "    sys.modules[name] = None\n")
+    env["PYTHONPATH"] = str(hide)
+    done = build_py("--preflight", "pytorch-cuda:2.11.0-cuda13.0-runtime", env=env, timeout=120)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok     driver 580.159.04" in done.stdout and "sm_90" in done.stdout, done.stdout

@@ -265,3 +265,16 @@ def test_one_rank_nccl_is_a_warning_that_no_transport_was_exercised():
     assert outcome.status is Status.WARN, outcome.reason
     assert "no transport" in outcome.reason and "2 or more ranks" in outcome.reason
     assert ranks.summarize({0: dict(record, device="cpu")}, 1, "gloo", waited_s=30).status is Status.PASS
+
+
+def test_a_hang_holding_a_cuda_context_is_killed_and_reported(tmp_path):
+    """The GPU proof's drill: cuda hangs after its context exists (on CPU: where it would); the runner kills it."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTORCH_CUDA_MANIFEST"}
+    env["VERIFY_FAULT"] = "cuda:hang-with-context"
+    report = tmp_path / "report.json"
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "verify", "--only", "cuda", "--timeout", "3", "--json", str(report)],
+                   cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    (cuda_result,) = json.loads(report.read_text())["checks"]
+    assert cuda_result["status"] == "fail" and cuda_result["reason"].startswith("timed out after 3 s"), cuda_result
+    assert time.monotonic() - started < 60

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any, Dict, List
 
 import torch
@@ -14,6 +15,9 @@ from verify.result import Findings, Outcome
 # A K=512 fp32 matmul of unit-normal inputs: entries are ~sqrt(512) ~ 23 and cuBLAS sums in another
 # order than the CPU, so errors of ~1e-6 relative are normal. TF32 (10-bit mantissa) would show
 # ~1e-3, garbage far more: 1e-4 separates them with margin on both sides.
+# Test-only (verify.faults): hang after a CUDA context exists, the way a wedged GPU holds a check, so the
+# runner's kill is proven on a live context (the generic "hang" fires before any CUDA call).
+FAULTS = ("hang-with-context",)
 MATMUL_TOLERANCE = 1e-4
 MATMUL_SIZE = 512
 KERNEL_ELEMENTS = 1 << 20
@@ -85,8 +89,17 @@ def _run_kernels(found: Findings, device: Dict[str, Any]) -> None:
     device["memory_free_gib"] = round(free / 2**30, 1)
 
 
+def _hang_holding_a_context(gpu: bool) -> None:
+    if gpu:
+        torch.ones(1, device="cuda").sum().item()  # creates the context and runs a kernel on it
+    while True:
+        time.sleep(3600)
+
+
 def run(ctx: CheckContext) -> Outcome:
     missing = gpu_missing_reason()
+    if ctx.fault == "hang-with-context":
+        _hang_holding_a_context(missing is None)
     if missing:
         return ctx.no_gpu(missing)
     found = Findings()
