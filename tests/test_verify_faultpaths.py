@@ -278,3 +278,22 @@ def test_a_hang_holding_a_cuda_context_is_killed_and_reported(tmp_path):
     (cuda_result,) = json.loads(report.read_text())["checks"]
     assert cuda_result["status"] == "fail" and cuda_result["reason"].startswith("timed out after 3 s"), cuda_result
     assert time.monotonic() - started < 60
+
+
+def test_a_driver_below_the_floor_points_at_the_tag_finder(monkeypatch, tmp_path):
+    """verify knows only its own image: a FAIL on the driver says where the newest working tag is named."""
+    from verify.manifest import Manifest
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 550.54.15\n")  # CUDA 13.x needs >= 580 (CUDA Compatibility guide)
+    smi.chmod(0o755)
+    monkeypatch.setattr(driver, "PROC_VERSION", str(tmp_path / "no-proc-version"))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    manifest = Manifest.from_dict({"tag": "2.14.1-cuda13.0", "cuda": "13.0", "driver_floor": "580",
+                                   "toolkit_driver": "580.65.06"}, "manifest.json")
+    outcome = driver.run(CheckContext(manifest=manifest))
+    assert outcome.status is Status.FAIL
+    assert "550.54.15" in outcome.reason and "`python build.py --preflight` there" in outcome.reason

@@ -14,6 +14,11 @@ from verify import archs, nvsmi, versions
 _HIDES_EVERY_GPU = ("", "-1", "none", "NoDevFiles")
 
 
+# verify sees only its own image; which tag fits this GPU and driver is the matrix's question, asked on the host.
+WHICH_TAG_HINT = ("the newest tag that works on this host: `python build.py --preflight` there (no tag; "
+                  "pytorch-cuda's repository, no Docker needed)")
+
+
 def visibility_hides_every_gpu(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
     """'CUDA_VISIBLE_DEVICES=...' when that variable is set so that no GPU is visible, else None.
 

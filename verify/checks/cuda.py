@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 import torch
 
 from verify import archs, compat
-from verify.checks._common import compare, gpu_missing_reason
+from verify.checks._common import WHICH_TAG_HINT, compare, gpu_missing_reason
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -46,7 +46,7 @@ def _check_coverage(found: Findings, devices: List[Dict[str, Any]], arch_list: L
         device["code"] = archs.coverage(major, minor, arch_list).describe(device["sm"])
         verdict = compat.arch_verdict(device["name"], (major, minor), arch_list)
         if verdict.status == compat.FAIL:
-            found.fail(verdict.message)
+            found.fail(f"{verdict.message}; {WHICH_TAG_HINT}")
         elif verdict.status == compat.WARN:
             found.warn(verdict.message)
 

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from verify import compat, nvsmi, versions
-from verify.checks._common import mig_without_device, smi_gpus, visibility_hides_every_gpu
+from verify.checks._common import WHICH_TAG_HINT, mig_without_device, smi_gpus, visibility_hides_every_gpu
 from verify.context import CheckContext
 from verify.manifest import Manifest
 from verify.result import Findings, Outcome
@@ -82,7 +82,7 @@ def run(ctx: CheckContext) -> Outcome:
     verdict = judge(driver, manifest)
     found.figures["verdict"] = verdict.status if verdict else None
     if verdict is not None and verdict.status == compat.FAIL:
-        found.fail(verdict.message)
+        found.fail(f"{verdict.message}; {WHICH_TAG_HINT}")
     elif verdict is not None and verdict.status == compat.WARN:
         found.warn(verdict.message)
     hidden = visibility_hides_every_gpu()
