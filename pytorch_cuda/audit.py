@@ -142,6 +142,15 @@ def sbom_command(reference: str) -> int:
     return 0
 
 
+def audit_image(engine: Engine, reference: str) -> AuditReport:
+    """One image's audit: the Python packages of its SBOM through OSV, and apt in a container of it for
+    Debian's pending security updates (`build.py --audit`, and `--publish` before any push)."""
+    document = read_sbom(engine, reference)
+    code, output = engine.run_script(reference, APT_UPGRADABLE, timeout=600)
+    apt_list, problem = (output, "") if code == 0 else (None, "apt-get update failed: " + " ".join(output.split())[-200:])
+    return audit(reference, document, apt_list, problem)
+
+
 def audit_command(reference: str) -> int:
     """`build.py --audit TAG`: findings as a table; exit 1 on a finding or a source that could not be asked."""
     from .engine import connect
@@ -149,10 +158,7 @@ def audit_command(reference: str) -> int:
 
     engine = connect()
     engine.labels(reference)
-    doc = read_sbom(engine, reference)
-    code, output = engine.run_script(reference, APT_UPGRADABLE, timeout=600)
-    apt_list, problem = (output, "") if code == 0 else (None, "apt-get update failed: " + " ".join(output.split())[-200:])
-    report = audit(reference, doc, apt_list, problem)
+    report = audit_image(engine, reference)
     if report.findings:
         print(table(["SOURCE", "PACKAGE", "INSTALLED", "FIXED IN / ADVISORIES"],
                     [[f.source, f.package, f.installed, f.fixed] for f in report.findings]))

@@ -45,10 +45,26 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--bootstrap-base", action="store_true", help="make the base image from Debian packages now")
     where.add_argument("--debian-mirror", default="http://deb.debian.org/debian", help="mirror for --bootstrap-base")
     where.add_argument("--registry", help="registry prefix for tags, e.g. ghcr.io/acme")
-    where.add_argument("--push", action="store_true", help="push the tags after every build succeeded")
+    where.add_argument("--push", action="store_true", help="push the tags after every build succeeded (and passed "
+                                                           "--verify, when given); no audit: --publish audits")
     where.add_argument("--index-url", help="pip index (a PyPI mirror); default: the matrix's index for that build")
     where.add_argument("--ca-cert", help="CA bundle for pip inside the build (default: $PIP_CERT, $SSL_CERT_FILE, "
                                          "$REQUESTS_CA_BUNDLE); only the builder stage sees it")
+    release = p.add_argument_group("release (each one registry step; builds nothing: the GitHub workflow's calls)")
+    release.add_argument("--publish", action="store_true",
+                         help="audit the images of the selection built here (as --audit does), then push them all; "
+                              "nothing is pushed unless every one is clean. Tags only: an alias moves by --move-alias. "
+                              "The amd64 image of a tag that has arm64 too goes as <tag> and <tag>-amd64; with both "
+                              "platforms selected, as <tag>-amd64 and <tag>-arm64, and <tag> becomes their index")
+    release.add_argument("--index", action="store_true",
+                         help="with --platform linux/amd64,linux/arm64: make each tag of the selection, in the registry, "
+                              "the multi-platform index of its <tag>-amd64 and <tag>-arm64 images (pushed before)")
+    release.add_argument("--move-alias", metavar="ALIAS",
+                         help="point ALIAS ([REGISTRY/]pytorch-cuda:vX.Y-cudaA.B-VARIANT) at --to's digest, only when "
+                              "that holds every platform of ALIAS's tag; otherwise ALIAS stays where it is")
+    release.add_argument("--to", metavar="REF",
+                         help="--move-alias: a digest (REPO@sha256:..., or sha256:...), or ALIAS's tag as this engine "
+                              "pulled it: the digest pulled (and verified), whatever the tag names now")
     how = p.add_argument_group("how")
     how.add_argument("--dry-run", action="store_true", help="render and print the plan; needs no Docker")
     how.add_argument("--render", action="store_true", help="write the rendered Dockerfiles under images/ and exit")
@@ -107,6 +123,19 @@ def for_this_host(m: matrix.Matrix, torch: str | None, python: str | None,
     return choice.build
 
 
+def check_release_flags(args: argparse.Namespace) -> None:
+    """--publish, --index and --move-alias are one registry step each, never with a build or a plan."""
+    asked = [flag for flag, on in (("--publish", args.publish), ("--index", args.index), ("--move-alias", args.move_alias),
+                                   ("--push", args.push), ("--dry-run", args.dry_run), ("--render", args.render),
+                                   ("--ci-matrix", args.ci_matrix)) if on]
+    if len(asked) > 1 and asked[0] in ("--publish", "--index", "--move-alias"):
+        raise UsageError(f"{asked[0]} is a step of its own: drop {asked[1]}")
+    if (args.publish or args.index) and not args.registry:
+        raise UsageError(f"{asked[0]} needs --registry (e.g. --registry ghcr.io/acme), as the build had")
+    if bool(args.move_alias) != bool(args.to):
+        raise UsageError("--move-alias ALIAS and --to REF go together")
+
+
 def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> int:
     from . import engine, pipeline
     from .progress import Progress
@@ -141,6 +170,9 @@ def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.push and not args.registry:
         raise UsageError("--push needs --registry (e.g. --registry ghcr.io/acme)")
+    check_release_flags(args)
+    if args.verbose:  # what the package logs at INFO (e.g. which docker tool makes indexes) shows too
+        logging.getLogger("pytorch_cuda").setLevel(logging.INFO)
     if args.preflight is not None:
         from . import preflight
         return preflight.command(args.preflight or None)
@@ -158,6 +190,9 @@ def run(argv: list[str] | None = None) -> int:
     if args.list:
         print(tables.matrix_table(m))
         return EXIT_OK
+    if args.move_alias:
+        from . import release
+        return release.move_alias_command(m, args.move_alias, args.to)
     if args.platform is None and args.cuda == AUTO:
         # The tag is for this host's GPUs: on a GH200 or GB10 (aarch64) that means its arm64 images.
         from .preflight import host_platform
@@ -179,6 +214,9 @@ def run(argv: list[str] | None = None) -> int:
     specs = [spec for platform in platforms
              for spec in plan.image_specs(m, builds, variants=tuple(args.variant or every), python=args.python,
                                           base_image=args.base, registry=args.registry, platform=platform)]
+    if args.publish or args.index:
+        from . import release
+        return release.publish_command(specs) if args.publish else release.index_command(specs)
     if args.ci_matrix:
         print(json.dumps(plan.ci_matrix(specs), separators=(",", ":")))
     elif args.render:

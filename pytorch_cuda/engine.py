@@ -3,12 +3,15 @@
 `Engine` is what the pipeline, preflight and the base-image maker ask of a container engine;
 `DockerEngine` does it through docker-py. The SDK drives the classic builder (it has no BuildKit),
 through the low-level streaming API, so that progress shows live and a failure carries its step
-and the tail of the log. Tests of the pipeline's rules use a fake Engine; real builds stay real.
+and the tail of the log. The SDK has no multi-platform indexes: those alone go through the docker
+CLI (create_index, index_platforms). Tests of the pipeline's and the release's rules use a fake
+Engine; real builds stay real.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -16,7 +19,7 @@ import sys
 import tarfile
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import docker
 import docker.errors
@@ -24,7 +27,9 @@ import docker.types
 import requests.exceptions
 
 from . import refs
-from .errors import BaseImageError, BuildFailed, DockerUnavailable, PushFailed, PytorchCudaError
+from .errors import BaseImageError, BuildFailed, DockerUnavailable, PushFailed, PytorchCudaError, RegistryError
+
+log = logging.getLogger(__name__)
 
 # A step as the builder announces it: Docker's classic builder says "Step 3/8 : RUN ...", Podman's
 # Docker-compatible API (Buildah) "STEP 3/8: RUN ...".
@@ -38,6 +43,10 @@ _PODMAN_STEP_FAILED = 'building at STEP "'
 _PODMAN_EXIT = re.compile(r"^(?:building at STEP \".*\": )?while running runtime: exit status (\d+)$", re.DOTALL)
 _OUR_ERROR = "pytorch-cuda: error: "  # how the templates' own checks stop a step
 LOG_TAIL_LINES = 30
+# The two docker CLI tools that make a multi-platform index in a registry (the SDK has none): buildx's
+# imagetools where the plugin is installed (it copies an index whole, BuildKit's attestations included),
+# else `docker manifest`, which every docker CLI has.
+IMAGETOOLS, MANIFEST = "docker buildx imagetools", "docker manifest"
 
 
 @dataclass
@@ -55,7 +64,9 @@ class Engine(Protocol):
     def reaches_host_loopback(self) -> bool: ...
     def tag(self, image_id: str, references: Iterable[str]) -> None: ...
     def push(self, references: Iterable[str]) -> None: ...
-    def push_index(self, reference: str, members: Iterable[str]) -> None: ...
+    def create_index(self, reference: str, sources: Sequence[str]) -> None: ...
+    def index_platforms(self, reference: str) -> tuple[str, ...] | None: ...
+    def repo_digest(self, reference: str) -> str | None: ...
     def image_size(self, reference: str) -> int: ...
     def labels(self, reference: str) -> dict[str, str]: ...
     def exists(self, reference: str) -> bool: ...
@@ -119,6 +130,44 @@ def loopback_reachable(docker_host: str, info: dict[str, Any], platform: str) ->
             and "Desktop" not in str(info.get("OperatingSystem")))
 
 
+def listed_platforms(raw: str) -> tuple[str, ...] | None:
+    """The platforms ('linux/arm64') a registry's manifest JSON lists when it is an index, in its order;
+    None when it is one image's manifest. BuildKit's attestation manifests ('unknown/unknown') are no platform."""
+    document = json.loads(raw)
+    manifests = document.get("manifests") if isinstance(document, dict) else None
+    if manifests is None:
+        return None
+    listed = []
+    for manifest in manifests:
+        platform = manifest.get("platform") or {}
+        system, architecture = platform.get("os"), platform.get("architecture")
+        if system and architecture and system != "unknown":
+            listed.append(f"{system}/{architecture}")
+    return tuple(listed)
+
+
+def docker_cli(arguments: list[str], what: str, error: type[RegistryError] = RegistryError, timeout: int = 600) -> str:
+    """Run the docker CLI (its credentials are `docker login`'s, as for a push): its stdout, else `error` in one line."""
+    environment = {**os.environ, "DOCKER_CLI_EXPERIMENTAL": "enabled"}  # `docker manifest` before Docker 20.10
+    shown = " ".join(arguments[:3] if arguments[0] == "buildx" else arguments[:2])  # the command, not its names
+    try:
+        done = subprocess.run(["docker", *arguments], capture_output=True, text=True, env=environment, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as err:
+        raise error(f"{what}: `docker {shown}` failed: {_one_line(str(err))[:200]}") from None
+    if done.returncode != 0:
+        raise error(f"{what}: `docker {shown}` failed: {_one_line(done.stderr or done.stdout)[:200]}")
+    return done.stdout
+
+
+def index_tool() -> str:
+    """IMAGETOOLS where the docker CLI has buildx, else MANIFEST."""
+    try:
+        found = subprocess.run(["docker", "buildx", "version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return MANIFEST
+    return IMAGETOOLS if found.returncode == 0 else MANIFEST
+
+
 def imported_id(answer: str | bytes) -> str | None:
     """The image ID an import answered with ('{"status":"sha256:..."}', from Docker and Podman alike); None
     if it named none."""
@@ -150,6 +199,7 @@ class DockerEngine:
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
+        self._index_tool = ""  # IMAGETOOLS or MANIFEST, found at the first index asked for
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None,
@@ -218,24 +268,62 @@ class DockerEngine:
             if said:
                 raise PushFailed(f"push of {reference} failed: {said}")
 
-    def push_index(self, reference: str, members: Iterable[str]) -> None:
-        """Publish `reference` in its registry as an index (manifest list) of the pushed `members`.
+    def index_tool(self) -> str:
+        """Which docker CLI tool makes indexes here (said under -v: build.py's logging at INFO)."""
+        if not self._index_tool:
+            self._index_tool = index_tool()
+            log.info("registry indexes through `%s`%s", self._index_tool,
+                     "" if self._index_tool == IMAGETOOLS else " (the docker CLI here has no buildx)")
+        return self._index_tool
 
-        The Docker SDK has no manifest lists; the docker CLI does (`docker manifest`, experimental
-        until Docker 20.10, hence the variable) and uses the same credentials as `docker push`.
-        A loopback registry is spoken to over plain HTTP, as the engine does; no other is.
-        """
-        insecure = ["--insecure"] if refs.registry_host(reference) in _LOOPBACK else []
-        environment = {**os.environ, "DOCKER_CLI_EXPERIMENTAL": "enabled"}
-        for command in (["docker", "manifest", "create", "--amend", *insecure, reference, *members],
-                        ["docker", "manifest", "push", "--purge", *insecure, reference]):
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
-            except (OSError, subprocess.SubprocessError) as err:
-                raise PushFailed(f"index {reference}: {command[0]} {command[1]} failed: {err}") from None
-            if done.returncode != 0:
-                said = _one_line(done.stderr or done.stdout)[:200]
-                raise PushFailed(f"index {reference}: `docker manifest {command[2]}` failed: {said}")
+    def _insecure(self, reference: str) -> list[str]:
+        """`docker manifest` speaks plain HTTP to a loopback registry only when told, as the engine does unasked."""
+        return ["--insecure"] if refs.registry_host(reference) in _LOOPBACK else []
+
+    def _raw_manifest(self, reference: str, what: str = "", error: type[RegistryError] = RegistryError) -> str:
+        what = what or f"{reference} in its registry"
+        if self.index_tool() == IMAGETOOLS:
+            return docker_cli(["buildx", "imagetools", "inspect", "--raw", reference], what, error)
+        return docker_cli(["manifest", "inspect", *self._insecure(reference), reference], what, error)
+
+    def index_platforms(self, reference: str) -> tuple[str, ...] | None:
+        """The platforms the index `reference` lists in its registry; None when it names one image. A
+        reference the registry does not hold is a RegistryError."""
+        return listed_platforms(self._raw_manifest(reference))
+
+    def create_index(self, reference: str, sources: Sequence[str]) -> None:
+        """Make `reference` in its registry an index of the images of `sources`, which are there already; a
+        source that is an index gives its images, so an index made of one index is a copy of it.
+
+        The Docker SDK has no indexes; the docker CLI does: `docker buildx imagetools create` where buildx
+        is installed, else `docker manifest create` and `push`, which take images only (an index source
+        is given as its images, by digest)."""
+        what = f"index {reference}"
+        if self.index_tool() == IMAGETOOLS:
+            docker_cli(["buildx", "imagetools", "create", "--tag", reference, *sources], what, PushFailed)
+            return
+        members: list[str] = []
+        for source in sources:
+            document = json.loads(self._raw_manifest(source, what, PushFailed))
+            inner = document.get("manifests") if isinstance(document, dict) else None
+            if inner is None:
+                members.append(source)
+            else:
+                repository = refs.split(source)[0]
+                members += [f"{repository}@{m['digest']}" for m in inner
+                            if (m.get("platform") or {}).get("os", "unknown") != "unknown"]
+        insecure = self._insecure(reference)
+        docker_cli(["manifest", "create", "--amend", *insecure, reference, *members], what, PushFailed)
+        docker_cli(["manifest", "push", "--purge", *insecure, reference], what, PushFailed)
+
+    def repo_digest(self, reference: str) -> str | None:
+        """'<repository>@sha256:...': the registry digest this engine recorded for its image `reference` in
+        that repository (when it pulled or pushed it); None when it has none."""
+        repository = refs.split(reference)[0]
+        for digest in self._inspect(reference).get("RepoDigests") or ():
+            if str(digest).split("@", 1)[0] == repository:
+                return str(digest)
+        return None
 
     def image_size(self, reference: str) -> int:
         return int(self.client.api.inspect_image(reference)["Size"])

@@ -57,5 +57,21 @@ class BuildFailed(PytorchCudaError):
         super().__init__(f"build of {tag} failed at {step or 'an unknown step'}: {message}")
 
 
-class PushFailed(PytorchCudaError):
+class RegistryError(PytorchCudaError):
+    """A registry refused a release step (a push, an index, an alias) or lacks what it names."""
+
+
+class PushFailed(RegistryError):
     """The registry refused a push."""
+
+
+class IndexIncomplete(RegistryError):
+    """What an alias would name lacks a platform of its tag: the alias stays where it was."""
+
+
+class NothingPushed(PytorchCudaError):
+    """A release stopped before its first push: an image of the set is not here, did not pass, or not clean."""
+
+
+class UnknownAlias(UsageError):
+    """A name that is no short alias of any tag of the matrix."""

@@ -4,8 +4,8 @@ Its rules are the product's promises, unit-tested with a fake engine (tests/test
 - a tag is applied only after its build succeeded, so a failed build never leaves a half-made image
   under a name users pull;
 - a variant whose runtime failed is skipped, not built on a stale runtime;
-- the short alias (v2.4-cuda12.1-runtime) moves only to an image that passed verify, when asked to;
-- nothing is pushed unless every image built and passed.
+- the short alias (v2.4-cuda12.1-runtime) moves only to an image that passed verify, when asked to,
+  and nothing is pushed unless every image built and passed: release.py's rules, which this calls.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from typing import Callable
 from verify import manifest as contract
 from verify import sbom
 
-from . import baseimage, plan, render, wheelcache
+from . import baseimage, plan, release, render, wheelcache
 from .engine import BuildEvents, Engine
-from .errors import BuildFailed
+from .errors import BuildFailed, NothingPushed
 from .matrix import AMD64, PYPI_URL, REPO_ROOT, Matrix
 from .plan import ImageSpec
 from .progress import Progress
@@ -204,46 +204,19 @@ def verify_and_alias(engine: Engine, spec: ImageSpec, image_id: str, result: Bui
         if code != 0:
             for line in output.strip().splitlines()[-12:]:
                 say(f"    | {line}")
-    if options.move_aliases and result.ok and spec.aliases:
-        engine.tag(image_id, spec.aliases)
-        result.aliases = spec.aliases
-
-
-def index_members(specs: list[ImageSpec]) -> dict[str, tuple[str, str]]:
-    """For a build of both platforms: each plain name (tag or alias) that becomes a multi-platform
-    index -> (its amd64 name, its arm64 name). The amd64 image goes to the registry as `<name>-amd64`,
-    so every single-platform tag there has its suffix and the plain name is the index."""
-    arm64 = {(s.repository, s.stem, s.variant): s for s in specs if s.platform_suffix}
-    members: dict[str, tuple[str, str]] = {}
-    for spec in specs:
-        other = arm64.get((spec.repository, spec.stem, spec.variant)) if not spec.platform_suffix else None
-        if other is not None:
-            for plain, arm in zip((spec.tag, *spec.aliases), (other.tag, *other.aliases)):
-                members[plain] = (f"{plain}-amd64", arm)
-    return members
+    if options.move_aliases:
+        result.aliases = release.alias_locally(engine, image_id, spec, result.ok)
 
 
 def push_all(engine: Engine, specs: list[ImageSpec], results: list[BuildResult], say: Callable[[str], None]) -> None:
-    """Push every tag and alias, only when every image built and passed: a registry never holds half a release.
-
-    When both platforms were built, the plain names become multi-platform indexes, made after both
-    images are in the registry: `docker pull` of the plain name then picks the machine's platform.
-    """
-    if not all(result.ok for result in results):
-        say("nothing pushed: not every image built and passed verify")
-        return
-    indexes = index_members(specs)
-    for result in results:
-        names = (result.tag, *result.aliases)
-        if result.tag in indexes:
-            names = tuple(indexes[name][0] for name in names if name in indexes)
-            engine.tag(result.tag, names)
-        say(f"pushing {' '.join(names)}")
-        engine.push(names)
-    for plain, members in indexes.items():
-        if any(plain in (r.tag, *r.aliases) for r in results):
-            say(f"pushing {plain} (index: {', '.join(members)})")
-            engine.push_index(plain, members)
+    """Push every tag and the aliases moved to it (release.publish: only when every image built and passed;
+    both platforms of a tag become one index)."""
+    carried = {result.tag: (result.tag, *result.aliases) for result in results}
+    try:
+        release.publish(engine, release.release_of(specs, carried), say,
+                        not_passed=[result.tag for result in results if not result.ok])
+    except NothingPushed as err:  # the failed images are in the summary, and the exit code says so
+        say(str(err))
 
 
 def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions,

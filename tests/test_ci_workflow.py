@@ -4,6 +4,11 @@ Every workflow file passes actionlint and the JSON schema (each shown to fail on
 jobs' logic is read from images.yml (cleanup pass or fail, an alias moved only by its own tag's
 verify job after it passed), and the verify and NCCL jobs' commands are rendered for one tag and run
 against a fake `docker` to show that they name that tag's image and nothing else.
+
+images.yml changes a registry only through build.py (--publish, --index, --move-alias): checked here
+for every step, with each call's arguments run through build.py's own parser and selection. What those
+calls do (audit before push, nothing pushed on a failure, an alias only to a complete index) is
+tests/test_release.py's, with a fake engine.
 """
 from __future__ import annotations
 
@@ -264,7 +269,7 @@ def test_verify_cleans_up_on_failure_too_and_moves_its_alias_only_after_it_passe
     steps = verify["steps"]
     at_verify, _ = _step(verify, "--require-gpu")
     at_login, login = _step(verify, "docker/login-action")
-    at_move, move = _step(verify, "imagetools create")
+    at_move, move = _step(verify, "--move-alias")
     at_cleanup, cleanup = _step(verify, "docker image prune -f")
     assert at_verify < at_login < at_move < at_cleanup == len(steps) - 1
     for step in (login, move):
@@ -277,20 +282,47 @@ def test_verify_cleans_up_on_failure_too_and_moves_its_alias_only_after_it_passe
     for name, job in jobs.items():
         assert "verify" not in _needs(job), f"{name} needs the whole verify matrix"
         if name != "verify":
-            assert not any("imagetools" in step.get("run", "") and "alias" in step.get("run", "")
-                           for step in job["steps"]), name
+            assert not any("--move-alias" in step.get("run", "") for step in job["steps"]), name
 
 
-def test_the_build_job_audits_before_it_pushes():
-    """A release with a known-fixed vulnerability stops at the audit: nothing of it is pushed."""
-    build = _jobs()["build"]
-    built, _ = _step(build, "--no-alias")
-    audited, audit = _step(build, "build.py --audit")
-    pushed, push = _step(build, "docker push")
-    assert built < audited < pushed and not _condition(audit) and not _condition(push)
-    for variant in plan.VARIANTS:
-        assert variant in audit["run"] and variant in push["run"]
-    assert "--push" not in build["steps"][built]["run"]
+# What may change a registry: a push, an index (docker manifest, buildx imagetools), a tag moved there.
+REGISTRY_WRITES = re.compile(r"\bdocker\s+(push|manifest|buildx|tag|image\s+push)\b|imagetools")
+
+
+def _registry_writes(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if REGISTRY_WRITES.search(line)]
+
+
+def test_only_build_py_changes_the_registry():
+    """Every push, index and alias move is one build.py call, so the release rules are release.py's."""
+    text = IMAGES.read_text()
+    assert _registry_writes(text) == []
+    assert _registry_writes(text.replace("run: python build.py ${{ matrix.build_args }}",
+                                         "run: docker push x && python build.py ${{ matrix.build_args }}", 1))
+    assert _registry_writes("docker buildx imagetools create --tag a b\ndocker  manifest push a") == [
+        "docker buildx imagetools create --tag a b", "docker  manifest push a"]
+    calls = {flag: [(name, step) for name, job in _jobs().items() for step in job["steps"]
+                    if flag in step.get("run", "")] for flag in ("--publish", "--index", "--move-alias")}
+    assert [name for name, _ in calls["--publish"]] == ["build", "build-arm64"]
+    assert [name for name, _ in calls["--index"]] == ["index"]
+    assert [name for name, _ in calls["--move-alias"]] == ["verify"]
+    for found in calls.values():
+        for _, step in found:
+            assert step["run"].startswith("python build.py ") and "\n" not in step["run"].strip(), step["run"]
+
+
+@pytest.mark.parametrize("job", ["build", "build-arm64"])
+def test_the_build_jobs_publish_what_they_built_after_the_tests(job):
+    """--publish audits all four images and pushes none unless all are clean (tests/test_release.py): the
+    same selection as the build, after the tests of the images, with no condition that could skip it."""
+    building = _jobs()[job]
+    built, build = _step(building, "--no-alias")
+    published, publish = _step(building, "--publish")
+    assert built < published == len(building["steps"]) - 1 and not _condition(publish)
+    assert publish["run"] == build["run"].replace("--no-alias", "--publish")
+    if job == "build":
+        assert built < _step(building, "python -m pytest")[0] < published
+    assert "--push" not in build["run"]
 
 
 def test_security_updates_reach_users_weekly():
@@ -341,10 +373,6 @@ if args[0] == "run":  # write the report where the container's --json would
     report = args[args.index("--json") + 1]
     assert report.startswith(target + "/"), report
     shutil.copy(os.environ["FAKE_REPORT"], os.path.join(source, os.path.basename(report)))
-if args[:2] == ["image", "inspect"] and "--format" in args:
-    print(args[-1].rsplit(":", 1)[0] + "@sha256:" + "ab" * 32)
-if args[:4] == ["buildx", "imagetools", "inspect", "--raw"]:  # what the registry holds under that digest
-    print(open(os.environ["FAKE_INDEX"]).read())
 """
 FAKE_NVIDIA_SMI = """#!/bin/sh
 echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"
@@ -358,12 +386,25 @@ def _render(text: str, entry: dict) -> str:
     return re.sub(r"\$\{\{\s*matrix\.(\w+)\s*\}\}", lambda m: entry[m[1]], text)
 
 
+# build.py's registry steps are logged, not run (tests/test_release.py runs them with a fake engine);
+# any other python runs. pip installs nothing.
+FAKE_PYTHON = """#!/bin/sh
+if [ "$1" = build.py ]; then
+  case " $* " in
+    *" --publish "*|*" --index "*|*" --move-alias "*)
+      exec "{python}" -c 'import json, os, sys; open(os.environ["FAKE_LOG"], "a").write(json.dumps(sys.argv[1:]) + chr(10))' "$@" ;;
+  esac
+fi
+exec "{python}" "$@"
+"""
+
+
 def _fake_bin(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    python = f'#!/bin/sh\nexec "{sys.executable}" "$@"\n'  # not a link: a venv is found from the path run
+    python = FAKE_PYTHON.format(python=sys.executable)  # not a link: a venv is found from the path run
     for name, text in (("docker", FAKE_DOCKER.format(python=sys.executable)), ("nvidia-smi", FAKE_NVIDIA_SMI),
-                       ("python", python), ("python3", python)):
+                       ("python", python), ("python3", python), ("pip", "#!/bin/sh\nexit 0\n")):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     return bin_dir
@@ -419,49 +460,47 @@ def test_the_verify_job_of_one_tag_names_that_tags_image(tmp_path):
     assert run[run.index("--entrypoint") + 1] == "verify" and image in run
     assert run[run.index("-v") + 1] == f"{tmp_path}/work/reports/{tag}:/reports"
     assert run[run.index(image) + 1:] == ["--require-gpu", "--json", f"/reports/{tag}.json", "--junit", f"/reports/{tag}.xml"]
-    move = ["buildx", "imagetools", "create", "--tag", alias, f"{REGISTRY}/pytorch-cuda@sha256:{'ab' * 32}"]
-    assert calls.index(move) < calls.index(["image", "rm", image]) < calls.index(["image", "prune", "-f"])
+    # build.py moves the alias to the digest this job pulled (and checks the platforms: test_release.py)
+    move = ["build.py", "--move-alias", alias, "--to", image, "-v"]
+    assert calls.index(run) < calls.index(move) < calls.index(["image", "rm", image]) < calls.index(["image", "prune", "-f"])
     named = {arg for call in calls for arg in call if "/pytorch-cuda" in arg}
-    assert named == {image, alias, move[-1]}, named  # this tag's image and nothing else
+    assert named == {image, alias}, named  # this tag's image and nothing else
     assert f"### verify {tag}" in summary and "| cuda | pass |" in summary and "| nccl | pass |" in summary
     assert {"name": f"verify-{tag}", "path": f"reports/{tag}/"} in uses.values()
     assert {"registry": "${{ env.REGISTRY }}", "username": "${{ github.actor }}",
             "password": "${{ secrets.GITHUB_TOKEN }}"} in uses.values()
-    assert entry["platforms"] == "linux/amd64" and not any(call[:3] == ["buildx", "imagetools", "inspect"] for call in calls)
 
 
-def _manifest_list(*platforms: str) -> str:
-    return json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": f"sha256:{i:064x}", "size": 1000,
-         "platform": {"os": "linux", "architecture": platform.split("/")[1]}} for i, platform in enumerate(platforms)]})
+def _release_call(job: str, flag: str, entry: dict) -> subprocess.CompletedProcess:
+    """The job's build.py call for one matrix entry, run for real up to where it would reach Docker."""
+    _, step = _step(_jobs()[job], flag)
+    command = _render(step["run"], entry)
+    assert "${{" not in command, command
+    return subprocess.run(["bash", "-c", command], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "REGISTRY": REGISTRY, "DOCKER_HOST": "unix:///nonexistent.sock"})
 
 
-@pytest.mark.parametrize("registry_holds, moved", [
-    (_manifest_list("linux/amd64", "linux/arm64"), True),
-    # The arm64 build or the index job failed: the tag is still the amd64 image alone.
-    (json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json", "layers": []}), False),
-    (_manifest_list("linux/amd64"), False),
+@pytest.mark.parametrize("job, flag, outputs", [
+    ("build", "--publish", ""), ("build-arm64", "--publish", "arm64"), ("index", "--index", "arm64"),
+    ("verify", "--move-alias", "tags"),
 ])
-def test_the_alias_of_a_tag_with_an_arm64_image_moves_only_to_its_index_of_both(registry_holds, moved, tmp_path):
-    """The alias gets what verify pulled: for a release with aarch64 wheels that must be the index of
-    both platforms, or Grace machines pulling the alias would get no image of theirs."""
-    entry = next(e for e in _ci_matrix() if e["alias"] and e["platforms"] == "linux/amd64,linux/arm64")
-    assert set(_needs(_jobs()["verify"])) == {"matrix", "build", "index"}  # the tags are indexes by then
-    _, step = _step(_jobs()["verify"], "imagetools create")
-    (tmp_path / "index.json").write_text(registry_holds)
-    log = tmp_path / "docker.log"
-    result = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", _render(step["run"], entry)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PATH": f"{_fake_bin(tmp_path)}:{os.environ['PATH']}", "REGISTRY": REGISTRY,
-                                 "FAKE_LOG": str(log), "FAKE_INDEX": str(tmp_path / "index.json")})
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
-    digest = f"{REGISTRY}/pytorch-cuda@sha256:{'ab' * 32}"
-    assert ["buildx", "imagetools", "inspect", "--raw", digest] in calls
-    created = ["buildx", "imagetools", "create", "--tag", f"{REGISTRY}/pytorch-cuda:{entry['alias']}", digest]
-    assert (result.returncode == 0) is moved and (created in calls) is moved, result.stdout + result.stderr
-    if not moved:
-        assert f"::error::{entry['tag']} is not an index of linux/amd64,linux/arm64" in result.stdout
-        assert f"{entry['alias']} stays where it is" in result.stdout
+def test_each_release_call_is_one_build_py_understands_for_every_entry(job, flag, outputs):
+    """Its flags parse, its selection and alias exist (an unknown one would be a usage error, exit 2): each
+    call gets as far as connecting to Docker, for one entry of each kind its job's matrix has."""
+    entries = {"": _ci_matrix("--variant", "runtime"), "tags": [e for e in _ci_matrix() if e["alias"]],
+               "arm64": _ci_matrix("--platform", "linux/arm64", "--variant", "runtime")}[outputs]
+    assert _jobs()[job]["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.%s) }}" % (outputs or "builds")
+    kinds = {(e["platform"], e["platforms"], e["variant"]): e for e in entries}  # one of each kind, not every tag
+    assert kinds
+    for entry in kinds.values():
+        result = _release_call(job, flag, entry)
+        assert result.returncode == 1 and "cannot reach the Docker daemon" in result.stderr, (entry, result.stderr)
+
+
+def test_an_index_of_a_one_platform_release_is_refused_before_docker():
+    entry = next(e for e in _ci_matrix("--variant", "runtime") if e["platforms"] == "linux/amd64")
+    result = _release_call("index", "--index", entry)
+    assert result.returncode == 2 and "--index joins the platforms of a tag" in result.stderr, result.stderr
 
 
 def test_the_nccl_job_of_one_torch_cuda_runs_its_runtime_image_and_tabulates_busbw(tmp_path):
@@ -514,18 +553,16 @@ def test_arm64_is_built_natively_on_arm64_runners_and_joined_into_one_tag():
     # Every variant arm64 has is built, audited, pushed, and made one tag with its amd64 image.
     for variant in plan.VARIANTS:
         assert f"--variant {variant}" in step["run"]
-    audited, audit = _step(build, "build.py --audit")
-    pushed, push = _step(build, "docker push")
-    assert built < audited < pushed
+    published, publish = _step(build, "--publish")
+    assert built < published
     entries = _ci_matrix("--platform", "linux/arm64", "--variant", "runtime")
     assert entries and all(e["build_args"].endswith("--platform linux/arm64") and e["tag"].endswith("-runtime-arm64")
                            for e in entries)
     index = jobs["index"]
     assert set(_needs(index)) == {"matrix", "build", "build-arm64"}
-    run = _step(index, "imagetools create")[1]["run"]
-    assert '--tag "$plain" "$plain-amd64" "$plain-arm64"' in run
-    variants_line = f"for variant in {' '.join(plan.VARIANTS)}; do"
-    assert all(variants_line in text for text in (audit["run"], push["run"], run))
+    run = _step(index, "--index")[1]["run"]
+    assert '--platform "${{ matrix.platforms }}"' in run  # the tag's platforms, from the matrix
+    assert all(f"--variant {variant}" in text for variant in plan.VARIANTS for text in (publish["run"], run))
     verify = jobs["verify-arm64"]
     assert "ARM64" in verify["runs-on"] and "gpu" in verify["runs-on"]
     assert verify["if"] == "vars.ARM64_GPU_RUNNERS == 'true'"

@@ -40,6 +40,15 @@ def test_dry_run_prints_the_plan_without_docker(real_matrix):
      "CUDA 13.0 (torch 2.11.0 to 2.14.1), CUDA 13.2 (torch 2.15.0)"),
     (["--all", "--render", "--platform", "linux/arm64"], "--render writes the committed files"),
     (["--cuda", "auto", "--all", "--dry-run"], "--cuda auto picks one tag for this host: drop --all"),
+    # the release steps (tests/test_release.py): each one call, refused before Docker is asked
+    (["--cuda", "12.1", "--publish"], "--publish needs --registry"),
+    (["--cuda", "12.1", "--registry", "r.example", "--publish", "--dry-run"], "--publish is a step of its own: drop --dry-run"),
+    (["--cuda", "13.0", "--registry", "r.example", "--index"], "--index joins the platforms of a tag: select both"),
+    (["--move-alias", "r.example/pytorch-cuda:v2.14-cuda13.0-runtime"], "--move-alias ALIAS and --to REF go together"),
+    (["--move-alias", "r.example/pytorch-cuda:v2.14-cuda99.9-runtime", "--to", "sha256:" + "ab" * 32],
+     "r.example/pytorch-cuda:v2.14-cuda99.9-runtime is no alias of a tag of the matrix"),
+    (["--move-alias", "r.example/pytorch-cuda:v2.14-cuda13.0-runtime", "--to", "r.example/pytorch-cuda:2.14.1-cuda13.0-ssh"],
+     "is the alias of r.example/pytorch-cuda:2.14.1-cuda13.0-runtime; give that tag or a digest"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message):
     result = build_py(*args, env=NO_DAEMON)
@@ -146,3 +155,23 @@ def test_ci_matrix_for_arm64_has_the_lines_with_aarch64_cuda_wheels():
         "2.14.1-cuda13.0", "2.15.0-cuda13.2") for variant in ("runtime", "jupyter", "ssh", "devel")]
     assert {e["platform"] for e in entries} == {"linux/arm64"}
     assert all(e["build_args"].endswith("--platform linux/arm64") for e in entries)
+
+
+def test_help_documents_the_release_steps():
+    result = build_py("--help", env=NO_DAEMON)
+    assert result.returncode == 0, result.stderr
+    for flag in ("--publish", "--index", "--move-alias ALIAS", "--to REF"):
+        assert f"  {flag}" in result.stdout, flag
+
+
+def test_verbose_shows_what_the_package_logs_at_info():
+    import logging
+
+    from pytorch_cuda import cli
+
+    logger = logging.getLogger("pytorch_cuda")
+    try:
+        assert cli.run(["-v", "--list"]) == 0
+        assert logger.getEffectiveLevel() == logging.INFO  # e.g. which docker tool makes indexes (test_release.py)
+    finally:
+        logger.setLevel(logging.NOTSET)

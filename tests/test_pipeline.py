@@ -5,6 +5,7 @@ that real images build and run is shown by the docker-marked tests with the real
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from pytorch_cuda import matrix, pipeline, plan
 from pytorch_cuda.engine import BuildEvents, failure_message
-from pytorch_cuda.errors import BuildFailed
+from pytorch_cuda.errors import BuildFailed, PushFailed, RegistryError
 from pytorch_cuda.progress import Progress
 
 FIXTURE = Path(__file__).parent / "fixtures" / "matrix.json"
@@ -32,6 +33,12 @@ class FakeEngine:
     loopback: bool = True  # whether its builds reach this host's 127.0.0.1
     build_calls: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)  # tag -> (args, host net)
     build_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # tag -> labels given to its build
+    # The registry: name (or repository@digest) -> (platforms, is an index), as create_index and push leave it.
+    registry: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
+    refuse: set[str] = field(default_factory=set)  # names the registry refuses
+    missing: set[str] = field(default_factory=set)  # images that are not here (exists() says so)
+    repo_digests: dict[str, str] = field(default_factory=dict)  # local image -> the digest it was pulled at
+    log: list[tuple[str, ...]] = field(default_factory=list)  # registry steps and audits, in order
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None,
@@ -49,10 +56,38 @@ class FakeEngine:
             self.tags[reference] = self.tags.get(image_id, image_id)
 
     def push(self, references):
-        self.pushed.extend(references)
+        for reference in references:  # like DockerEngine.push: one at a time, the first refusal stops it
+            if reference in self.refuse:
+                raise PushFailed(f"push of {reference} failed: denied: requested access to the resource is denied")
+            self.pushed.append(reference)
+            self.log.append(("push", reference))
+            self.store(reference, ((plan.platform_of_tag(reference),), False))
 
-    def push_index(self, reference, members):
-        self.pushed.append(f"{reference} = {' + '.join(members)}")
+    def store(self, reference, entry):
+        digest = "sha256:" + hashlib.sha256(repr(entry).encode()).hexdigest()
+        self.registry[reference] = self.registry[f"{reference.rsplit(':', 1)[0]}@{digest}"] = entry
+
+    def create_index(self, reference, sources):
+        """As `docker buildx imagetools create`: one source is copied as it is, several make an index."""
+        if reference in self.refuse:
+            raise PushFailed(f"index {reference}: `docker manifest push` failed: denied")
+        absent = [source for source in sources if source not in self.registry]
+        if absent:
+            raise PushFailed(f"index {reference}: `docker manifest create` failed: no such manifest: {absent[0]}")
+        entries = [self.registry[source] for source in sources]
+        platforms = tuple(p for entry_platforms, _ in entries for p in entry_platforms)
+        self.store(reference, (platforms, len(sources) > 1 or entries[0][1]))
+        self.pushed.append(f"{reference} = {' + '.join(sources)}")
+        self.log.append(("index", reference, *sources))
+
+    def index_platforms(self, reference):
+        if reference not in self.registry:
+            raise RegistryError(f"{reference} in its registry: `docker manifest inspect` failed: no such manifest")
+        platforms, is_index = self.registry[reference]
+        return platforms if is_index else None
+
+    def repo_digest(self, reference):
+        return self.repo_digests.get(reference)
 
     def architecture(self, reference):
         return "arm64" if reference.startswith("arm64v8/") else "amd64"
@@ -61,7 +96,7 @@ class FakeEngine:
         return 5_000_000_000
 
     def exists(self, reference):
-        return self.has_base
+        return self.has_base and reference not in self.missing
 
     def run_verify(self, reference, timeout=600):
         self.verified.append(reference)
@@ -107,7 +142,7 @@ def test_every_image_is_tagged_and_aliased_after_it_built(m):
     assert engine.pushed == [] and engine.verified == []
     # The SBOM's digest is labelled before the tag: the tag names the labelled image.
     assert engine.tags[RUNTIME].endswith("+labels")
-    assert engine.relabelled[0] == {"io.pytorch-cuda.sbom-digest": "sha256:" + __import__("hashlib").sha256(
+    assert engine.relabelled[0] == {"io.pytorch-cuda.sbom-digest": "sha256:" + hashlib.sha256(
         b'{"components": []}\n').hexdigest()}
 
 
