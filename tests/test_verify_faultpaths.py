@@ -297,3 +297,25 @@ def test_a_driver_below_the_floor_points_at_the_tag_finder(monkeypatch, tmp_path
     outcome = driver.run(CheckContext(manifest=manifest))
     assert outcome.status is Status.FAIL
     assert "550.54.15" in outcome.reason and "`python build.py --preflight` there" in outcome.reason
+
+
+def test_torch_that_does_not_import_is_reported_with_its_root_cause(monkeypatch):
+    """A reason ends with the root cause: the library that failed to load, not only the import that wrapped it."""
+    from verify.checks import environment
+
+    class _BrokenTorch:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch":
+                try:
+                    raise OSError("libcudnn_graph.so.9: cannot open shared object file: No such file or directory")
+                except OSError as err:
+                    raise ImportError("torch/_C: failed to load the CUDA libraries") from err
+            return None
+
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setattr(sys, "meta_path", [_BrokenTorch(), *sys.meta_path])
+    outcome = environment.run(CheckContext())
+    assert outcome.status is Status.FAIL
+    assert outcome.reason.startswith("torch does not import (ImportError: torch/_C: failed to load")
+    assert outcome.reason.endswith("root cause: OSError: libcudnn_graph.so.9: cannot open shared object file: "
+                                   "No such file or directory)")

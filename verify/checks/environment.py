@@ -17,6 +17,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from verify import libs, packages, sbom, versions
 from verify.context import CheckContext
+from verify.errors import root_cause
 from verify.manifest import Manifest
 from verify.result import Findings, Outcome
 
@@ -126,7 +127,9 @@ def run(ctx: CheckContext) -> Outcome:
         import torch
     except Exception as err:  # a broken install: say so, with what changed above
         lines = [line for line in str(err).strip().splitlines() if line.strip()]
-        found.fail(f"torch does not import ({type(err).__name__}: {lines[0] if lines else 'no message'})")
+        said = f"{type(err).__name__}: {lines[0] if lines else 'no message'}"
+        cause = root_cause(err)  # e.g. the library that did not load, under the import that wrapped it
+        found.fail(f"torch does not import ({said}{'' if cause.startswith(said) else f'; root cause: {cause}'})")
         return found.outcome("")
     return _compare(ctx, found, torch)
 
