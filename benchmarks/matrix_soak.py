@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pytorch_cuda import engine, matrix, plan, render  # noqa: E402
-from pytorch_cuda.tables import format_seconds, format_size, table  # noqa: E402
+from pytorch_cuda.progress import format_seconds  # noqa: E402
+from pytorch_cuda.tables import format_size, table  # noqa: E402
 
 PROBE = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, "
          "'cudnn': torch.backends.cudnn.version(), 'nccl': list(torch.cuda.nccl.version())[:3]}))")

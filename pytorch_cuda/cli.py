@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     pick.add_argument("--torch", help="torch release (2.4.1) or minor (2.4)")
     pick.add_argument("--python", help="Python version of the image (default: the base image's, 3.11)")
     pick.add_argument("--variant", action="append", choices=plan.VARIANTS,
-                      help="repeatable; default: runtime, jupyter, ssh (--render, --ci-matrix: all four)")
+                      help=f"repeatable; default: {', '.join(plan.DEFAULT_VARIANTS)} (--render, --ci-matrix: all)")
     pick.add_argument("--all", action="store_true", help="every tag of the matrix")
     pick.add_argument("--platform",
                       help="linux/amd64 (default; with --cuda auto: this host's), linux/arm64, or both comma-separated; "
@@ -78,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
                           "clear) and served to builds from 127.0.0.1:$PYTORCH_CUDA_WHEEL_CACHE_PORT (38741)")
     how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
     how.add_argument("--no-alias", action="store_true", help="do not apply the short vX.Y aliases (CI moves them)")
-    how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON and exit")
+    how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON and exit: one entry per "
+                                                            "tag, each with its release's variants on its platform")
     how.add_argument("--verify", action="store_true", help="run `verify` inside each image built (with its GPUs)")
     how.add_argument("--preflight", metavar="TAG", nargs="?", const="",
                      help="say whether image TAG can use this host's GPUs (no container); without TAG, judge the "
@@ -138,7 +139,7 @@ def check_release_flags(args: argparse.Namespace) -> None:
 
 def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespace) -> int:
     from . import engine, pipeline
-    from .progress import Progress
+    from .progress import Progress, format_seconds
 
     ca_file = ca.find_ca_file(args.ca_cert)
     ca_value = ca.build_arg_for(ca_file)  # bad input fails before Docker is touched
@@ -162,7 +163,7 @@ def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespac
     print(tables.summary(results))
     failed = [r for r in results if not r.ok]
     print(f"{len(results) - len(failed)} of {len(results)} images built in "
-          f"{tables.format_seconds(time.monotonic() - started)}")
+          f"{format_seconds(time.monotonic() - started)}")
     return EXIT_FAILED if failed else EXIT_OK
 
 

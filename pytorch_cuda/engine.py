@@ -28,6 +28,7 @@ import requests.exceptions
 
 from . import refs
 from .errors import BaseImageError, BuildFailed, DockerUnavailable, PushFailed, PytorchCudaError, RegistryError
+from .plan import VERIFY_SHM_GIB
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +399,7 @@ class DockerEngine:
         """
         gpus = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if "nvidia" in self.runtimes() else None
         box = self.client.containers.run(reference, ["--quiet"], entrypoint=["verify"], detach=True,
-                                         device_requests=gpus, shm_size="1g")
+                                         device_requests=gpus, shm_size=f"{VERIFY_SHM_GIB}g")
         try:
             try:
                 code = box.wait(timeout=timeout)["StatusCode"]

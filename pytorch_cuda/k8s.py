@@ -12,7 +12,7 @@ from pathlib import Path
 
 from . import refs
 from .errors import UsageError
-from .plan import IMAGE_GID, IMAGE_UID
+from .plan import IMAGE_GID, IMAGE_UID, VERIFY_SHM_GIB
 from .render import TEMPLATES_DIR, environment
 
 TEMPLATE = "k8s/verify-job.yaml.j2"
@@ -28,7 +28,7 @@ class VerifyJob:
     gpus_per_node: int = 1
     name: str = ""  # default: from the image's tag (job_name)
     port: int = RENDEZVOUS_PORT
-    shm_size: str = "8Gi"  # what verify's shm check asks of Docker (--shm-size=8g)
+    shm_size: str = f"{VERIFY_SHM_GIB}Gi"  # what verify's shm check asks of Docker (--shm-size=8g)
     deadline_s: int = 3600  # pulls of a multi-GB image included
     labels: dict[str, str] = field(default_factory=lambda: {"app.kubernetes.io/name": "pytorch-cuda-verify"})
 

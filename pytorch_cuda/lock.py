@@ -21,12 +21,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import lockfile, matrix, plan, render
+from verify.packages import canonical
+
+from . import lockfile, matrix, plan, render, variants
 from .errors import PytorchCudaError
 
 # uv's name for each Docker platform's wheels, at Debian bookworm's glibc.
 PYTHON_PLATFORMS = {matrix.AMD64: "x86_64-manylinux_2_36", matrix.ARM64: "aarch64-manylinux_2_36"}
-LOCKED_VARIANTS = ("runtime", "jupyter", "devel")
+LOCKED_VARIANTS = variants.LOCKED
 # uv, for the builder stage of an image for another architecture: it lays out that architecture's
 # wheels in the venv without emulation (pip refuses to install wheels of another platform).
 BUILDER_TOOLS = ("uv==0.13.9",)
@@ -67,13 +69,13 @@ def compile_lock(requirements: list[str], python: str, index_url: str, constrain
 
 
 def lock_text(spec: plan.ImageSpec, packages: tuple[str, ...], runtime_lock: Path | None) -> str:
-    if spec.variant == "runtime":
+    if spec.kind.is_root:
         wanted, index_url, constraints = list(spec.build.requirements), spec.build.index_url, None
     else:
         # The variant's own packages (devel: its build tools and, for CUDA 13, the compiler's wheels),
         # resolved so that nothing of the runtime changes.
         wanted, index_url, constraints = list(packages), matrix.PYPI_URL, runtime_lock
-        if spec.variant == "devel":  # the compiler's wheels the runtime does not have already
+        if spec.kind.compiler:  # the compiler's wheels the runtime does not have already
             have = lockfile.pins(runtime_lock) if runtime_lock else {}
             wanted += [pin for pin in spec.build.devel.get("pip", ()) if _name(pin) not in have]
     body = compile_lock(wanted, spec.python, index_url, constraints=constraints)
@@ -105,7 +107,7 @@ def builder_tools_text() -> str:
 
 
 def _name(requirement: str) -> str:
-    return re.split(r"[\[=<>!~ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+    return canonical(re.split(r"[\[=<>!~ ]", requirement, maxsplit=1)[0])
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -133,7 +135,7 @@ def run(argv: list[str] | None = None) -> int:
             if not args.check:
                 render.BUILDER_TOOLS_LOCK.write_text(text)
     for spec in plan.image_specs(m, builds, variants=tuple(args.variant or LOCKED_VARIANTS)):
-        text = lock_text(spec, m.variant_packages.get(spec.variant, ()), spec.directory / "runtime.lock")
+        text = lock_text(spec, m.variant_packages.get(spec.variant, ()), spec.runtime_lock)
         path = spec.lock
         if not path.exists() or path.read_text() != text:
             changed.append(path)

@@ -5,6 +5,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from verify.packages import canonical  # the one package-name rule (PEP 503)
+
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
 # The packages that make up the image's CUDA torch: a `pip install` that replaced one of them
 # would leave torch with other CUDA libraries than it was built and verified with.
@@ -28,7 +30,7 @@ def pins_of(text: str) -> dict[str, str]:
     for line in text.splitlines():
         match = _PIN.match(line)
         if match:
-            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+            found[canonical(match.group(1))] = match.group(2)
     return found
 
 

@@ -26,27 +26,11 @@ from .errors import BuildFailed, NothingPushed
 from .matrix import AMD64, PYPI_URL, REPO_ROOT, Matrix
 from .plan import ImageSpec
 from .progress import Progress
+from .results import BuildResult
 
 # What every image's build context holds besides its generated files.
 CONTEXT_DIRS = ("verify", "image-files")
 _ARG = re.compile(r"^ARG ([A-Za-z_][A-Za-z0-9_]*)", re.M)
-
-
-@dataclass
-class BuildResult:
-    """What became of one image; the summary table prints these."""
-
-    tag: str
-    status: str  # built | failed | skipped
-    seconds: float = 0.0
-    size: int | None = None
-    note: str = ""
-    aliases: tuple[str, ...] = ()
-    verify: str = ""  # "" (not run), "passed", "FAILED (exit N)"
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "built" and not self.verify.startswith("FAILED")
 
 
 @dataclass(frozen=True)
@@ -80,27 +64,13 @@ def build_args(spec: ImageSpec, dockerfile: str, index_url: str | None, ca_value
         "BASE_IMAGE": spec.base_image,
         "RUNTIME_IMAGE": runtime_image or spec.runtime_tag,
         # A variant's own packages come from PyPI (or the mirror given), not from a per-CUDA index.
-        "PIP_INDEX_URL": index_url or (spec.build.index_url if spec.variant == "runtime" else ""),
+        "PIP_INDEX_URL": index_url or (spec.build.index_url if spec.kind.is_root else ""),
         "PIP_CA_CERT": ca_value,
         # Another architecture: the builder stage stays on the engine's own (no emulated pip).
         "BUILDER_IMAGE": spec.builder_image if spec.platform_suffix else "",
         "TARGETARCH": plan.architecture_of(spec.platform) if spec.platform_suffix else "",
     }
     return {name: value for name, value in offered.items() if name in declared_args(dockerfile) and value}
-
-
-def context_files(spec: ImageSpec, dockerfile: str) -> dict[str, bytes]:
-    """The generated files of one build context, at the repository paths its Dockerfile COPYs."""
-    return {
-        render.repo_path(spec.dockerfile): dockerfile.encode(),
-        render.repo_path(spec.manifest): render.render_manifest(spec).encode(),
-        render.repo_path(spec.constraints): render.render_constraints(spec).encode(),
-        render.repo_path(spec.lock): spec.lock.read_bytes(),
-        # Every variant's bill of materials carries the runtime lock's hashes too.
-        render.repo_path(spec.directory / "runtime.lock"): (spec.directory / "runtime.lock").read_bytes(),
-        render.repo_path(render.STAGE_SCRIPT): render.STAGE_SCRIPT.read_bytes(),
-        render.repo_path(render.BUILDER_TOOLS_LOCK): render.BUILDER_TOOLS_LOCK.read_bytes(),
-    }
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -138,9 +108,9 @@ def git_revision() -> str:
 def wheel_locks(spec: ImageSpec, index_url: str | None) -> list[tuple[Path, str, str]]:
     """(lock, architecture, upstream index) of every pip install in this image's build: its own lock for its
     platform and, where the builder stage installs another architecture's wheels, the builder's tools."""
-    upstream = index_url or (spec.build.index_url if spec.variant == "runtime" else PYPI_URL)
+    upstream = index_url or (spec.build.index_url if spec.kind.is_root else PYPI_URL)
     locks = [(spec.lock, plan.architecture_of(spec.platform), upstream)]
-    if spec.variant == "runtime" and spec.platform_suffix:
+    if spec.kind.is_root and spec.platform_suffix:
         locks.append((render.BUILDER_TOOLS_LOCK, plan.architecture_of(AMD64), index_url or PYPI_URL))
     return locks
 
@@ -161,7 +131,8 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
     build failed. The content image is the build's own result, before the labels that change without its
     content changing (the SBOM's digest, the git revision); variants build FROM it, so a new commit that
     changes no file of the image rebuilds none of them."""
-    dockerfile = render.render_dockerfile(spec, m.variant_packages.get(spec.variant, ()), options.templates)
+    files = render.image_files(spec, m.variant_packages.get(spec.variant, ()), options.templates)
+    dockerfile = files.dockerfile
     progress.start(index, total, spec.tag)
     args = build_args(spec, dockerfile, options.index_url, options.ca_value, runtime_image)
     cached = options.wheel_cache is not None and "PIP_INDEX_URL" in declared_args(dockerfile)
@@ -169,7 +140,7 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
         if cached:
             args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
         content_id = engine.build(
-            spec.tag, make_context(context_files(spec, dockerfile)), render.repo_path(spec.dockerfile),
+            spec.tag, make_context(files.context()), files.dockerfile_path,
             args, nocache=options.no_cache, host_network=cached,
             events=BuildEvents(on_step=progress.step, on_line=progress.line),
         )
@@ -226,8 +197,8 @@ def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions
         progress.say("wheel cache: off (this engine's builds cannot reach this host's loopback: a remote, rootless "
                      "or Desktop engine); pip in each build downloads its wheels")
         options = replace(options, wheel_cache=None)
-    bases = {(s.base_image, s.platform) for s in specs if s.variant == "runtime"}
-    bases |= {(s.builder_image, AMD64) for s in specs if s.variant == "runtime" and s.platform_suffix}
+    bases = {(s.base_image, s.platform) for s in specs if s.kind.is_root}
+    bases |= {(s.builder_image, AMD64) for s in specs if s.kind.is_root and s.platform_suffix}
     for base, platform in sorted(bases):
         architecture = plan.architecture_of(platform) if platform != AMD64 else None
         how = baseimage.ensure_base_image(engine, base, make=options.bootstrap_base, mirror=options.debian_mirror,
@@ -238,16 +209,16 @@ def run(engine: Engine, m: Matrix, specs: list[ImageSpec], options: BuildOptions
     failed_runtimes: set[str] = set()
     content_images: dict[str, str] = {}  # runtime tag -> its content image, which its variants build FROM
     for index, spec in enumerate(specs, 1):
-        if spec.variant != "runtime" and spec.runtime_tag in failed_runtimes:
+        if not spec.kind.is_root and spec.runtime_tag in failed_runtimes:
             results.append(BuildResult(spec.tag, "skipped", note=f"{spec.runtime_tag} failed"))
             continue
         result, image_id, content_id = build_one(engine, m, spec, options, progress, index, len(specs),
                                                  runtime_image=content_images.get(spec.runtime_tag))
         results.append(result)
-        if spec.variant == "runtime" and content_id is not None:
+        if spec.kind.is_root and content_id is not None:
             content_images[spec.tag] = content_id
         if image_id is None:
-            if spec.variant == "runtime":
+            if spec.kind.is_root:
                 failed_runtimes.add(spec.tag)
             if not options.keep_going:
                 results += [BuildResult(s.tag, "skipped", note="not started (no --keep-going)") for s in specs[index:]]

@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from . import lockfile, refs
+from . import variants as variant_table  # image_specs' parameter `variants` is the selection
 from .errors import UsageError
 from .layers import Layer, component_layers
 from .matrix import AMD64, ARM64, IMAGES_DIR, Matrix, MatrixEntry
+from .variants import Variant
 
-VARIANTS = ("runtime", "jupyter", "ssh", "devel")  # every variant: rendered, locked, in the CI matrix
+VARIANTS = variant_table.NAMES  # every variant: rendered, locked, in the CI matrix (variants.TABLE)
 # What `build.py --cuda X` builds without --variant: devel is built when asked for (CUDA 12 lines
 # need NVIDIA's apt repository).
-DEFAULT_VARIANTS = ("runtime", "jupyter", "ssh")
+DEFAULT_VARIANTS = variant_table.DEFAULT
 REPOSITORY = "pytorch-cuda"
 IMAGE_USER = "pytorch"
 IMAGE_UID = 1000
@@ -28,6 +30,9 @@ IMAGE_GID = 0
 IMAGE_HOME = f"/home/{IMAGE_USER}"
 # The image config's USER, numeric: Kubernetes' runAsNonRoot can check a number, never a name.
 IMAGE_USER_SPEC = f"{IMAGE_UID}:{IMAGE_GID}"
+# /dev/shm of a container that runs verify, in GiB: what verify's shm check tells users to give
+# (`--shm-size=8g`), for build.py --verify (engine.py), the workflow's runs (--ci-matrix) and Kubernetes.
+VERIFY_SHM_GIB = 8
 
 
 def architecture_of(platform: str) -> str:
@@ -66,6 +71,11 @@ class ImageSpec:
     layer_plan: tuple[Layer, ...] = ()  # the runtime's component layers, bottom first (runtime only)
     platform: str = AMD64  # the Docker platform of the image
     builder_image: str = ""  # the builder stage's base: the build machine's own architecture
+
+    @property
+    def kind(self) -> Variant:
+        """Its row of the variants table: what it builds FROM, which lock, what it adds."""
+        return variant_table.of(self.variant)
 
     @property
     def platform_suffix(self) -> str:
@@ -111,7 +121,7 @@ class ImageSpec:
     @property
     def own_directory(self) -> Path:
         """Where a variant with its own contract keeps it: devel (it adds the CUDA compiler)."""
-        return self.directory / "devel" if self.variant == "devel" else self.directory
+        return self.directory / self.variant if self.kind.own_contract else self.directory
 
     @property
     def manifest(self) -> Path:
@@ -125,7 +135,12 @@ class ImageSpec:
     @property
     def lock(self) -> Path:
         """The lock pip installs from; ssh adds no Python package, so it carries the runtime's."""
-        return self.directory / f"{'runtime' if self.variant == 'ssh' else self.variant}.lock"
+        return self.directory / f"{self.kind.lock_name}.lock"
+
+    @property
+    def runtime_lock(self) -> Path:
+        """The runtime's lock: every variant installs on top of it, and its bill of materials lists it."""
+        return self.directory / "runtime.lock"
 
 
 def image_specs(
@@ -151,10 +166,11 @@ def image_specs(
                              f"{matrix.lines_on(platform)}")
         # A devel image whose compiler comes from NVIDIA's apt repository (CUDA 12 lines) installs
         # from its x86_64 repository; CUDA 13's compiler wheels exist for every platform.
-        apt_devel = [b for b in builds if b.devel.get("apt")] if "devel" in ordered else []
-        if apt_devel:
-            raise UsageError(f"{apt_devel[0].short()} takes its devel compiler from NVIDIA's x86_64 apt repository, "
-                             f"so its devel image is built for linux/amd64 only: drop --variant devel")
+        for build in builds:
+            lacking = [v for v in ordered if platform not in variant_table.of(v).platforms(build)]
+            if lacking:
+                raise UsageError(f"{build.short()} takes its {lacking[0]} compiler from NVIDIA's x86_64 apt repository, "
+                                 f"so its {lacking[0]} image is built for linux/amd64 only: drop --variant {lacking[0]}")
     specs = []
     for build in builds:
         py = matrix.python_for(build, python)
@@ -171,11 +187,10 @@ def image_specs(
                 platform=platform,
                 builder_image=base_image or base.image,
             )
-            runtime_lock = spec.directory / "runtime.lock"
-            runtime_pins = lockfile.pins(runtime_lock)
-            layer_plan = component_layers(matrix.builds, build, runtime_pins) if variant == "runtime" else ()
+            runtime_pins = lockfile.pins(spec.runtime_lock)
+            layer_plan = component_layers(matrix.builds, build, runtime_pins) if spec.kind.is_root else ()
             specs.append(replace(spec, lock_digest=lockfile.digest(spec.lock),
-                                 runtime_lock_digest=lockfile.digest(runtime_lock),
+                                 runtime_lock_digest=lockfile.digest(spec.runtime_lock),
                                  runtime_pins=tuple(sorted(runtime_pins.items())),
                                  lock_pins=tuple(sorted(lockfile.pins(spec.lock).items())),
                                  layer_plan=layer_plan))
@@ -215,6 +230,18 @@ def ci_matrix(specs: list[ImageSpec]) -> dict[str, Any]:
             "alias": refs.tag_of(spec.aliases[0]) if spec.aliases else "",
             "build_args": f"--torch {spec.build.torch} --cuda {spec.build.cuda} --python {spec.python}"
                           + (f" --platform {spec.platform}" if spec.platform_suffix else ""),
+            # every variant of its release on its platform (variants.TABLE), whichever the selection named
+            **release_variants(spec.build, spec.platform),
+            "shm_size": f"{VERIFY_SHM_GIB}g",  # docker run --shm-size of the jobs that run verify
         }
         for spec in specs
     ]}
+
+
+def release_variants(build: MatrixEntry, platform: str) -> dict[str, str]:
+    """The variants of one release on one platform, as the workflow's steps use them: `variants` for a shell
+    loop, `variant_args` for build.py, `tested` for the image tests' loop (pytest --image)."""
+    present = variant_table.on_platform(build, platform)
+    return {"variants": " ".join(v.name for v in present),
+            "variant_args": " ".join(f"--variant {v.name}" for v in present),
+            "tested": " ".join(v.name for v in present if v.tested)}

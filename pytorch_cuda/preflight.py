@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Optional
 
 from verify import compat, nvsmi
 from verify import manifest as contract
+from verify.compat import Verdict  # the one verdict type: a finding is a verdict with what it is about
 from verify.manifest import Manifest
 
 from . import matrix, plan, recommend, render
@@ -42,25 +43,18 @@ class HostFacts:
     machine: str = ""  # the host's CPU as `uname -m` says it ("x86_64", "aarch64"); "" when not asked
 
 
-@dataclass(frozen=True)
-class Finding:
-    status: str  # ok | warn | fail
-    message: str
-    about: str = ""  # what it judges: image | driver | gpu | container | platform
-
-
-def _driver_finding(image: Manifest, host: HostFacts) -> Finding:
+def _driver_finding(image: Manifest, host: HostFacts) -> Verdict:
     cuda = image.cuda or "?"
     needed = image.driver_floor or image.toolkit_driver or "?"
     if host.driver is None:
         why = f" ({host.problem})" if host.problem else ""
-        return Finding(compat.FAIL, f"no NVIDIA driver on this host{why}: the image runs on the CPU only; "
+        return Verdict(compat.FAIL, f"no NVIDIA driver on this host{why}: the image runs on the CPU only; "
                                     f"install a driver >= {image.toolkit_driver or needed} for CUDA {cuda}", "driver")
     verdict = compat.driver_verdict(host.driver, cuda, image.driver_floor, image.toolkit_driver)
-    return Finding(verdict.status, verdict.message, "driver")
+    return dataclasses.replace(verdict, about="driver")
 
 
-def _gpu_findings(image: Manifest, host: HostFacts) -> list[Finding]:
+def _gpu_findings(image: Manifest, host: HostFacts) -> list[Verdict]:
     findings = []
     for index, gpu in enumerate(host.gpus):
         verdict = compat.arch_verdict(f"{index} {gpu.name}", compat.parse_capability(gpu.compute_capability),
@@ -68,11 +62,11 @@ def _gpu_findings(image: Manifest, host: HostFacts) -> list[Finding]:
         message = verdict.message
         if gpu.compute_capability is None and host.problem:
             message += f" ({host.problem})"
-        findings.append(Finding(verdict.status, message, "gpu"))
+        findings.append(dataclasses.replace(verdict, message=message, about="gpu"))
     return findings
 
 
-def _docker_finding(host: HostFacts) -> Finding:
+def _docker_finding(host: HostFacts) -> Verdict:
     """How `docker run --gpus` / Compose device requests would reach the GPUs.
 
     Docker needs no registered `nvidia` runtime for that: its built-in GPU support runs the NVIDIA
@@ -80,7 +74,7 @@ def _docker_finding(host: HostFacts) -> Finding:
     files; the engine (DOCKER_HOST may point elsewhere) may see others, so a miss is a warning.
     """
     if host.docker_problem:
-        return Finding(compat.WARN, f"{host.docker_problem}: whether containers get GPUs could not be checked",
+        return Verdict(compat.WARN, f"{host.docker_problem}: whether containers get GPUs could not be checked",
                        "container")
     ways = []
     if "nvidia" in host.docker_runtimes:
@@ -91,26 +85,26 @@ def _docker_finding(host: HostFacts) -> Finding:
         ways.append(f"CDI specs for nvidia.com/gpu ({', '.join(host.cdi_specs)}): "
                     "`docker run --device nvidia.com/gpu=all` works")
     if ways:
-        return Finding(compat.OK, "; ".join(ways), "container")
-    return Finding(compat.WARN, "found no NVIDIA container toolkit (no nvidia runtime in Docker, no "
+        return Verdict(compat.OK, "; ".join(ways), "container")
+    return Verdict(compat.WARN, "found no NVIDIA container toolkit (no nvidia runtime in Docker, no "
                                 f"{HOOK} on PATH, no CDI spec in {' or '.join(CDI_DIRS)}): `docker run --gpus all` "
                                 "fails with 'could not select device driver'; install the NVIDIA Container "
                                 "Toolkit (and `nvidia-ctk cdi generate` for CDI)", "container")
 
 
-def evaluate(image: Optional[Manifest], host: HostFacts, architecture: str = "") -> list[Finding]:
+def evaluate(image: Optional[Manifest], host: HostFacts, architecture: str = "") -> list[Verdict]:
     """Every reason this image would not train on this host's GPUs, in words a user can act on.
 
     `architecture`: the image's CPU architecture (OCI name, "amd64"), judged against host.machine
     when both are known.
     """
     if image is None:
-        return [Finding(compat.FAIL, "this image has no io.pytorch-cuda labels: it was not built by pytorch-cuda",
+        return [Verdict(compat.FAIL, "this image has no io.pytorch-cuda labels: it was not built by pytorch-cuda",
                         "image")]
     findings = [_driver_finding(image, host), *_gpu_findings(image, host), _docker_finding(host)]
     if architecture and host.machine:
         verdict = compat.platform_verdict(host.machine, architecture)
-        findings.append(Finding(verdict.status, verdict.message, "platform"))
+        findings.append(dataclasses.replace(verdict, about="platform"))
     return findings
 
 
@@ -137,7 +131,7 @@ def host_facts(docker_runtimes: tuple[str, ...], cdi_dirs: Iterable[str] = CDI_D
                      docker_problem, platform.machine())
 
 
-def judge(ref: str, report: Optional[nvsmi.SmiReport] = None) -> tuple[str, list[Finding], HostFacts]:
+def judge(ref: str, report: Optional[nvsmi.SmiReport] = None) -> tuple[str, list[Verdict], HostFacts]:
     """(where the image's facts came from, the findings, the host's facts) for image `ref` on this host.
 
     From the image's labels when it is here; else from the matrix's committed manifest of that tag,

@@ -1,4 +1,6 @@
-"""What a user watches while images build: a live line per image (the tables come after: tables.py)."""
+"""What a user watches while images build: a live line per image (the tables come after: tables.py).
+
+Imports nothing of the package: the pipeline drives it, and tables.py reads its clock format."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +9,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .tables import format_seconds
+
+def format_seconds(seconds: float) -> str:
+    whole = round(seconds)
+    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
+
 
 
 @dataclass

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from verify import compat
 from verify import manifest as contract
@@ -43,9 +44,11 @@ def repo_path(path: Path) -> str:
     return path.relative_to(REPO_ROOT).as_posix()
 
 
-def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR) -> str:
-    """The Dockerfile of one image; `packages` are the variant's extra pip pins (jupyter)."""
-    template = environment(templates_dir).get_template(f"{spec.variant}.Dockerfile.j2")
+def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR,
+                      promise: contract.Manifest | None = None) -> str:
+    """The Dockerfile of one image; `packages` are the variant's extra pip pins (jupyter). `promise`: its
+    image_manifest, when the caller has it already (image_files)."""
+    template = environment(templates_dir).get_template(spec.kind.template)
     text = template.render(
         spec=spec,
         build=spec.build,
@@ -55,12 +58,13 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         gid=IMAGE_GID,
         home=IMAGE_HOME,
         image_user=IMAGE_USER_SPEC,
+        image_etc=contract.IMAGE_ETC,
         dockerfile_path=repo_path(spec.dockerfile),
         constraints_path=repo_path(spec.constraints),
         manifest_path=repo_path(spec.manifest),
         lock_path=repo_path(spec.lock),
-        sbom_locks=[repo_path(lock) for lock in dict.fromkeys((spec.directory / "runtime.lock", spec.lock))],
-        labels=labels(spec),
+        sbom_locks=[repo_path(lock) for lock in dict.fromkeys((spec.runtime_lock, spec.lock))],
+        labels=labels(spec, promise),
         require_cuda=compat.require_cuda(spec.build.cuda),
         site_packages=site_packages(spec),
         component_layers=spec.layer_plan,
@@ -68,7 +72,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         source_date_epoch=layers.SOURCE_DATE_EPOCH,
         stage_script=repo_path(STAGE_SCRIPT),
         builder_tools_lock=repo_path(BUILDER_TOOLS_LOCK),
-        **(devel_values(spec) if spec.variant == "devel" else {}),
+        **(devel_values(spec) if spec.kind.compiler else {}),
     )
     # Blank runs left by empty blocks are noise in a reviewed file.
     lines: list[str] = []
@@ -144,50 +148,78 @@ def image_manifest(spec: ImageSpec) -> contract.Manifest:
         "lock_digest": spec.runtime_lock_digest,
         "packages": {name: version for name, version in locked.items() if lockfile.is_cuda_stack(name)},
     }
-    if spec.variant == "devel":  # it promises its compiler too, and the CUDA wheels of its own lock
+    if spec.kind.own_contract:  # devel promises its compiler too, and the CUDA wheels of its own lock
         with_devel = locked | dict(spec.lock_pins)
         promise.update(toolkit=spec.build.devel["toolkit"], lock_digest=spec.lock_digest,
                        packages={n: v for n, v in sorted(with_devel.items()) if lockfile.is_cuda_stack(n)})
     return contract.Manifest(**promise)
 
 
-def labels(spec: ImageSpec) -> dict[str, str]:
+def labels(spec: ImageSpec, promise: contract.Manifest | None = None) -> dict[str, str]:
     """The io.pytorch-cuda.* labels: the manifest's values, and this variant's own lock digest."""
-    values = contract.to_labels(image_manifest(spec))
+    values = contract.to_labels(promise or image_manifest(spec))
     values[contract.LABELS["lock_digest"]] = spec.lock_digest
     values[contract.VARIANT_LABEL] = spec.variant
     return values
 
 
-def render_manifest(spec: ImageSpec) -> str:
-    data = image_manifest(spec).to_dict()
+def render_manifest(spec: ImageSpec, promise: contract.Manifest | None = None) -> str:
+    data = (promise or image_manifest(spec)).to_dict()
     del data["path"]  # where the file lies is the reader's business
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def render_constraints(spec: ImageSpec) -> str:
+def render_constraints(spec: ImageSpec, promise: contract.Manifest | None = None) -> str:
     """pip constraints: the image's CUDA torch packages at their locked versions.
 
     Set as PIP_CONSTRAINT in every image, so `pip install` of a package that wants another torch or
     other NVIDIA wheels fails with pip's conflict message instead of replacing what was verified.
     """
-    pins = sorted(image_manifest(spec).packages.items())
+    pins = sorted((promise or image_manifest(spec)).packages.items())
     return (f"# The CUDA torch of {spec.stem}, from its runtime lock: pip may not replace these.\n"
             "# To change one anyway: PIP_CONSTRAINT= pip install ... (README: Add your own packages)\n"
             + "".join(f"{name}=={version}\n" for name, version in pins))
 
 
-def rendered_files(spec: ImageSpec, packages: tuple[str, ...] = ()) -> dict[Path, str]:
-    """Every committed file one spec owns, keyed by absolute path."""
-    return {spec.dockerfile: render_dockerfile(spec, packages), spec.manifest: render_manifest(spec),
-            spec.constraints: render_constraints(spec)}
+@dataclass(frozen=True)
+class ImageFiles:
+    """One image's files besides the repository's own directories (pipeline.CONTEXT_DIRS): those rendered
+    here, which `--render` writes and commits, and the committed ones its Dockerfile COPYs as they are."""
+
+    spec: ImageSpec
+    rendered: Mapping[Path, str]  # the Dockerfile, manifest and constraints, by absolute path
+    copied: tuple[Path, ...]  # its lock and the runtime's, the builder stage's script and tools lock
+
+    @property
+    def dockerfile(self) -> str:
+        return self.rendered[self.spec.dockerfile]
+
+    @property
+    def dockerfile_path(self) -> str:
+        """The Dockerfile's path in the build context."""
+        return repo_path(self.spec.dockerfile)
+
+    def context(self) -> dict[str, bytes]:
+        """The files of its build context, at the repository paths its Dockerfile COPYs."""
+        files = {repo_path(path): text.encode() for path, text in self.rendered.items()}
+        return files | {repo_path(path): path.read_bytes() for path in self.copied}
+
+
+def image_files(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR) -> ImageFiles:
+    """Every generated file of one image, for both `--render` and its build context (its manifest made once)."""
+    promise = image_manifest(spec)
+    rendered = {spec.dockerfile: render_dockerfile(spec, packages, templates_dir, promise),
+                spec.manifest: render_manifest(spec, promise), spec.constraints: render_constraints(spec, promise)}
+    # Every variant's bill of materials carries the runtime lock's hashes too.
+    copied = tuple(dict.fromkeys((spec.lock, spec.runtime_lock, STAGE_SCRIPT, BUILDER_TOOLS_LOCK)))
+    return ImageFiles(spec, rendered, copied)
 
 
 def write_rendered(m: Matrix, specs: list[ImageSpec]) -> list[Path]:
     """Write every committed file of `specs` (`build.py --render`); returns the ones that changed."""
     written = []
     for spec in specs:
-        for path, text in rendered_files(spec, m.variant_packages.get(spec.variant, ())).items():
+        for path, text in image_files(spec, m.variant_packages.get(spec.variant, ())).rendered.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .progress import format_seconds  # one clock format, live and in the summary
+
 if TYPE_CHECKING:  # type names only: tables are made from data, not from Docker
     from .matrix import Matrix
-    from .pipeline import BuildResult
     from .plan import ImageSpec
-
-
-def format_seconds(seconds: float) -> str:
-    whole = round(seconds)
-    return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
+    from .results import BuildResult
 
 
 def format_size(size: int | None) -> str:
@@ -51,7 +48,7 @@ def plan_table(specs: list[ImageSpec]) -> str:
     from .render import repo_path
 
     rows = [[s.tag, " ".join(s.aliases) or "-", s.build.torch, s.build.cuda, s.build.cudnn, s.build.nccl, s.python,
-             s.base_image if s.variant == "runtime" else s.runtime_tag, repo_path(s.dockerfile)] for s in specs]
+             s.base_image if s.kind.is_root else s.runtime_tag, repo_path(s.dockerfile)] for s in specs]
     return table(["TAG", "ALIASES", "TORCH", "CUDA", "CUDNN", "NCCL", "PYTHON", "FROM", "DOCKERFILE"], rows)
 
 

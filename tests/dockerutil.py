@@ -15,6 +15,8 @@ if TYPE_CHECKING:  # the SDK is imported where a container is made: a GPU host m
     import docker
 
 REPO = Path(__file__).resolve().parent.parent
+# --shm-size of a test's container that runs verify: the builder's one size (pytorch_cuda.plan.VERIFY_SHM_GIB).
+VERIFY_SHM = "8g"
 
 
 def unique(prefix: str) -> str:

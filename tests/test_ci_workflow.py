@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pytorch_cuda import plan
+from pytorch_cuda import matrix, plan, variants
 
 from .dockerutil import REPO, build_py
 
@@ -104,6 +104,21 @@ def test_build_jobs_get_one_entry_per_torch_and_cuda(real_matrix):
     assert [(e["torch"], e["cuda"]) for e in entries] == [(b.torch, b.cuda) for b in real_matrix.newest_per_tag()]
     first = entries[0]
     assert first["build_args"] == f"--torch {first['torch']} --cuda {first['cuda']} --python {first['python']}"
+
+
+@pytest.mark.parametrize("platform", [matrix.AMD64, matrix.ARM64])
+def test_each_entry_carries_its_releases_variants_from_the_table(real_matrix, platform):
+    """variants, variant_args and tested: every variant its release has on its platform, whichever the
+    selection named (the build jobs' matrix selects the runtime entries alone)."""
+    entries = _ci_matrix("--platform", platform, "--variant", "runtime")
+    assert entries
+    for entry in entries:
+        build = real_matrix.resolve(cuda=entry["cuda"], torch=entry["torch"], python=entry["python"])
+        present = [v.name for v in variants.TABLE if platform in v.platforms(build)]
+        assert entry["variants"].split() == present and "runtime" in present
+        assert entry["variant_args"] == " ".join(f"--variant {name}" for name in present)
+        assert entry["tested"].split() == [name for name in present if variants.of(name).tested]
+    assert any(e["variants"].split() == list(plan.VARIANTS) for e in entries)
 
 
 def test_aliases_only_on_the_newest_patch(real_matrix):
@@ -263,6 +278,47 @@ def test_workflow_takes_its_matrices_from_build_py():
     assert all(jobs[name]["strategy"]["fail-fast"] is False for name in ("build", "verify", "nccl"))
 
 
+# Words that name a variant (other than the runtime, which the matrix job selects one entry per release by).
+VARIANT_WORDS = re.compile(r"\b(" + "|".join(name for name in plan.VARIANTS if name != variants.ROOT.name) + r")\b")
+
+
+def _variant_words(jobs: dict) -> list[str]:
+    return [f"{name}: {text}" for name, job in jobs.items() for step in job["steps"]
+            for text in (step.get("name", ""), step.get("run", "")) if VARIANT_WORDS.search(text)]
+
+
+def test_the_workflow_takes_its_variant_lists_from_the_ci_matrix():
+    """No step names a variant: each list is the entry's (variants.TABLE through --ci-matrix)."""
+    assert _variant_words(_jobs()) == []
+    spelled = yaml.safe_load(IMAGES.read_text().replace(
+        "${{ matrix.variant_args }}", "--variant runtime --variant jupyter --variant ssh --variant devel", 1))["jobs"]
+    assert len(_variant_words(spelled)) == 1
+    for name in ("build", "build-arm64"):
+        for flag in ("--no-alias", "--publish"):
+            assert "${{ matrix.variant_args }}" in _step(_jobs()[name], flag)[1]["run"], (name, flag)
+    assert "${{ matrix.variant_args }}" in _step(_jobs()["index"], "--index")[1]["run"]
+
+
+def test_the_build_jobs_tests_run_against_the_tested_variants_images(tmp_path):
+    entry = _ci_matrix("--variant", "runtime")[0]
+    job = _jobs()["build"]
+    _, step = _step(job, "python -m pytest")
+    calls, _, _ = _run_job({"steps": [step]}, entry, tmp_path, _report())
+    (pytest_call,) = calls
+    images = [pytest_call[i + 1] for i, arg in enumerate(pytest_call) if arg == "--image"]
+    assert images == [f"{REGISTRY}/pytorch-cuda:{entry['stem']}-{name}" for name in entry["tested"].split()]
+    assert len(images) == len([v for v in variants.TABLE if v.tested])
+
+
+def test_the_arm64_verify_job_verifies_and_removes_every_variant_of_its_release(tmp_path):
+    entry = _ci_matrix("--platform", "linux/arm64", "--variant", "runtime")[0]
+    calls, _, _ = _run_job(_jobs()["verify-arm64"], entry, tmp_path, _report())
+    images = [f"{REGISTRY}/pytorch-cuda:{entry['stem']}-{name}-arm64" for name in entry["variants"].split()]
+    assert [call[1] for call in calls if call[0] == "pull"] == images
+    assert [call[call.index("--entrypoint") + 2] for call in calls if call[0] == "run"] == images
+    assert len(images) == len(plan.VARIANTS)
+
+
 def test_verify_cleans_up_on_failure_too_and_moves_its_alias_only_after_it_passed():
     jobs = _jobs()
     verify = jobs["verify"]
@@ -348,6 +404,13 @@ def test_the_build_job_pushes_all_four_variants_without_aliases(tmp_path):
     assert len(verified) == len(plan.VARIANTS) and all(row[1] == "-" for row in planned)  # ALIASES: none
 
 
+def test_every_container_that_runs_verify_gets_the_one_shm_size():
+    text = IMAGES.read_text()
+    sizes = re.findall(r"--shm-size[ =](\$\{\{[^}]*\}\}|\S+)", text)
+    assert len(sizes) == 3 and set(sizes) == {"${{ matrix.shm_size }}"}, sizes
+    assert {entry["shm_size"] for entry in _ci_matrix()} == {f"{plan.VERIFY_SHM_GIB}g"}
+
+
 def test_the_nccl_job_runs_torchrun_on_every_gpu_of_a_multi_gpu_runner():
     nccl = _jobs()["nccl"]
     assert nccl["runs-on"] == ["self-hosted", "linux", "gpu", "multi-gpu"]
@@ -368,7 +431,7 @@ import json, os, shutil, sys
 args = sys.argv[1:]
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(json.dumps(args) + "\\n")
-if args[0] == "run":  # write the report where the container's --json would
+if args[0] == "run" and "-v" in args:  # write the report where the container's --json would
     source, target = args[args.index("-v") + 1].rsplit(":", 1)
     report = args[args.index("--json") + 1]
     assert report.startswith(target + "/"), report
@@ -389,6 +452,9 @@ def _render(text: str, entry: dict) -> str:
 # build.py's registry steps are logged, not run (tests/test_release.py runs them with a fake engine);
 # any other python runs. pip installs nothing.
 FAKE_PYTHON = """#!/bin/sh
+if [ "$1 $2" = "-m pytest" ]; then  # logged, not run: the image tests need the images
+  exec "{python}" -c 'import json, os, sys; open(os.environ["FAKE_LOG"], "a").write(json.dumps(sys.argv[1:]) + chr(10))' "$@"
+fi
 if [ "$1" = build.py ]; then
   case " $* " in
     *" --publish "*|*" --index "*|*" --move-alias "*)
@@ -433,7 +499,7 @@ def _run_job(job: dict, entry: dict, tmp_path: Path, report: dict) -> tuple[list
         assert result.returncode == 0, f"step {step.get('name', i)}:\n{script}\n{result.stdout}{result.stderr}"
     assert not (work / "reports" / entry["tag"]).exists(), "the cleanup leaves the reports behind"
     calls = [json.loads(line) for line in log.read_text().splitlines()]
-    return calls, summary.read_text(), uses
+    return calls, summary.read_text() if summary.exists() else "", uses
 
 
 def _report(*checks: dict) -> dict:
@@ -550,9 +616,9 @@ def test_arm64_is_built_natively_on_arm64_runners_and_joined_into_one_tag():
     assert build["strategy"]["matrix"] == "${{ fromJSON(needs.matrix.outputs.arm64) }}"
     built, step = _step(build, "--no-alias")
     assert "matrix.build_args" in step["run"]
-    # Every variant arm64 has is built, audited, pushed, and made one tag with its amd64 image.
-    for variant in plan.VARIANTS:
-        assert f"--variant {variant}" in step["run"]
+    # Every variant arm64 has is built, audited, pushed, and made one tag with its amd64 image: the
+    # matrix entry's list (test_the_workflow_takes_its_variant_lists_from_the_ci_matrix).
+    assert "${{ matrix.variant_args }}" in step["run"]
     published, publish = _step(build, "--publish")
     assert built < published
     entries = _ci_matrix("--platform", "linux/arm64", "--variant", "runtime")
@@ -562,7 +628,7 @@ def test_arm64_is_built_natively_on_arm64_runners_and_joined_into_one_tag():
     assert set(_needs(index)) == {"matrix", "build", "build-arm64"}
     run = _step(index, "--index")[1]["run"]
     assert '--platform "${{ matrix.platforms }}"' in run  # the tag's platforms, from the matrix
-    assert all(f"--variant {variant}" in text for variant in plan.VARIANTS for text in (publish["run"], run))
+    assert all("${{ matrix.variant_args }}" in text for text in (publish["run"], run))
     verify = jobs["verify-arm64"]
     assert "ARM64" in verify["runs-on"] and "gpu" in verify["runs-on"]
     assert verify["if"] == "vars.ARM64_GPU_RUNNERS == 'true'"

@@ -100,7 +100,7 @@ def test_committed_dockerfiles_match_the_templates(real_matrix):
     specs = plan.image_specs(real_matrix, real_matrix.newest_per_tag(), variants=plan.VARIANTS)
     stale = []
     for spec in specs:
-        for path, text in render.rendered_files(spec, real_matrix.variant_packages.get(spec.variant, ())).items():
+        for path, text in render.image_files(spec, real_matrix.variant_packages.get(spec.variant, ())).rendered.items():
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path.relative_to(matrix.REPO_ROOT)))
     assert not stale, f"run `python build.py --all --render`; stale: {stale[:5]}"

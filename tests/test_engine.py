@@ -113,3 +113,48 @@ _PODMAN_INFO = {"OSType": "linux", "OperatingSystem": "debian", "SecurityOptions
 ])
 def test_which_engines_builds_reach_this_hosts_loopback(docker_host, info, platform, reached):
     assert loopback_reachable(docker_host, info, platform) is reached
+
+
+class _Box:
+    def wait(self, timeout):
+        return {"StatusCode": 0}
+
+    def logs(self):
+        return b"all passed\n"
+
+    def remove(self, force):
+        self.removed = force
+
+
+class _Client:
+    """The Docker SDK's surface run_verify uses: `info` and `containers.run`, recorded."""
+
+    def __init__(self):
+        self.runs = []
+        self.containers = self
+
+    def info(self):
+        return {"Runtimes": {"nvidia": {}, "runc": {}}}
+
+    def run(self, image, command, **kwargs):
+        self.runs.append((image, command, kwargs))
+        return _Box()
+
+
+def test_verify_runs_with_the_one_shm_size_everywhere():
+    """build.py --verify, the workflow's runs (--ci-matrix) and Kubernetes give verify the /dev/shm its shm
+    check asks for (its message: `--shm-size=8g`)."""
+    from pathlib import Path
+
+    from pytorch_cuda import k8s, plan
+    from pytorch_cuda.engine import DockerEngine
+
+    from .dockerutil import VERIFY_SHM
+
+    client = _Client()
+    assert DockerEngine(client).run_verify("pytorch-cuda:x") == (0, "all passed\n")  # type: ignore[arg-type]
+    ((_, _, kwargs),) = client.runs
+    assert kwargs["shm_size"] == f"{plan.VERIFY_SHM_GIB}g" == VERIFY_SHM and kwargs["entrypoint"] == ["verify"]
+    assert k8s.VerifyJob("pytorch-cuda:x", nodes=2).shm_size == f"{plan.VERIFY_SHM_GIB}Gi"
+    shm_check = (Path(__file__).resolve().parent.parent / "verify" / "checks" / "shm.py").read_text()
+    assert f"--shm-size={plan.VERIFY_SHM_GIB}g" in shm_check  # read, not imported: the check needs torch

@@ -199,3 +199,13 @@ def test_a_package_no_layer_takes_stops_the_build(tmp_path):
     venv = make_venv(tmp_path / "a")
     with pytest.raises(stage_venv.StageError, match="sympy is installed but no layer takes it"):
         stage_venv.stage_venv(venv, tmp_path / "stage", LAYERS[:3], (1000, 0), EPOCH)
+
+
+@pytest.mark.parametrize("name", ["torch", "Jinja2", "nvidia_cuda_runtime_cu12", "zope.interface", "A__B--c..D",
+                                  "pytorch-triton", "backports_tarfile"])
+def test_the_staging_scripts_copy_of_the_name_rule_agrees_with_verifys(name):
+    """stage_venv.py runs without the repository on its path, so it keeps a copy of verify.packages.canonical."""
+    from verify.packages import canonical
+
+    assert stage_venv.normalize_name(name) == canonical(name)
+    assert stage_venv.REST == layers.REST  # the layer plan's catch-all, spelled the same on both sides

@@ -38,3 +38,47 @@ def test_both_catch_a_planted_error(tmp_path):
     assert ruff.returncode == 1 and "F401" in ruff.stdout, ruff.stdout  # os imported, unused
     mypy = tool("mypy", "pytorch_cuda", cwd=tmp_path)
     assert mypy.returncode == 1 and "Incompatible return value type" in mypy.stdout, mypy.stdout
+
+
+def _imports_of_the_package(package: Path) -> dict[str, set[str]]:
+    """module -> the package's modules it imports anywhere: at the top, under TYPE_CHECKING, inside functions."""
+    import ast
+
+    modules = {path.stem for path in package.glob("*.py")}
+    graph = {}
+    for path in package.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(package.name + "."):
+                found.add(node.module.split(".")[1])
+        graph[path.stem] = (found & modules) - {path.stem}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle of `graph` ([] when none), by depth-first search."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        state[module] = "open"
+        path.append(module)
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                return [*path[path.index(imported):], imported]
+            if imported not in state and (found := visit(imported)):
+                return found
+        state[module] = "done"
+        path.pop()
+        return []
+
+    return next((found for module in sorted(graph) if module not in state and (found := visit(module))), [])
+
+
+def test_the_builder_has_no_import_circle():
+    """Not even through a type-only or a lazy import (the review's pipeline -> progress -> tables -> pipeline)."""
+    graph = _imports_of_the_package(REPO / "pytorch_cuda")
+    assert "pipeline" in graph and _cycle(graph) == [], _cycle(graph)
+    assert _cycle({**graph, "tables": graph["tables"] | {"pipeline"}})  # a circle planted back is found

@@ -58,5 +58,5 @@ def test_the_newest_cuda_13_release_resolves_the_same_on_both_platforms_from_pyp
     assert matrix.ARM64 in spec.build.platforms
     # JupyterLab, resolved against the runtime's lock, as `lock` does it.
     jupyter = _runtime_spec("13.0", "jupyter")
-    text = lock.lock_text(jupyter, matrix.load().variant_packages["jupyter"], jupyter.directory / "runtime.lock")
+    text = lock.lock_text(jupyter, matrix.load().variant_packages["jupyter"], jupyter.runtime_lock)
     assert "jupyterlab" in lockfile.pins_of(text)

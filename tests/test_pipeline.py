@@ -33,6 +33,7 @@ class FakeEngine:
     loopback: bool = True  # whether its builds reach this host's 127.0.0.1
     build_calls: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)  # tag -> (args, host net)
     build_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # tag -> labels given to its build
+    contexts: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # tag -> (its build context, Dockerfile path)
     # The registry: name (or repository@digest) -> (platforms, is an index), as create_index and push leave it.
     registry: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     refuse: set[str] = field(default_factory=set)  # names the registry refuses
@@ -47,6 +48,7 @@ class FakeEngine:
         self.built.append(tag)
         self.build_calls[tag] = (dict(buildargs), host_network)
         self.build_labels[tag] = dict(labels or {})
+        self.contexts[tag] = (context.getvalue(), dockerfile_path)
         if tag in self.fail_builds:
             raise BuildFailed(tag, "step 7/20 (RUN pip install)", "exit code 1", ["ERROR: no such package"])
         return f"sha256:{len(self.built):064d}"
@@ -361,3 +363,26 @@ def test_a_variant_built_alone_builds_on_the_runtimes_tag(m):
     engine = FakeEngine()
     build(engine, m, specs(m, variants=("jupyter",)))
     assert engine.build_calls[JUPYTER][0]["RUNTIME_IMAGE"] == RUNTIME
+
+
+def test_each_image_is_built_from_one_list_of_its_files(m, monkeypatch):
+    """render.image_files, once per image: the build context holds exactly what --render writes and the locks,
+    and the pipeline asks render for nothing else (its manifest is made once)."""
+    import tarfile
+
+    from pytorch_cuda import render
+
+    listed, manifests = [], []
+    real_files, real_manifest = render.image_files, render.image_manifest
+    monkeypatch.setattr(render, "image_files", lambda spec, *a: listed.append(spec.tag) or real_files(spec, *a))
+    monkeypatch.setattr(render, "image_manifest", lambda spec: manifests.append(spec.tag) or real_manifest(spec))
+    engine = FakeEngine()
+    image_specs = specs(m, variants=plan.VARIANTS)
+    build(engine, m, image_specs)
+    assert listed == manifests == [spec.tag for spec in image_specs]
+    for spec in image_specs:
+        context, dockerfile_path = engine.contexts[spec.tag]
+        with tarfile.open(fileobj=io.BytesIO(context)) as tar:
+            names = {name for name in tar.getnames() if not name.startswith(pipeline.CONTEXT_DIRS)}
+        files = real_files(spec, m.variant_packages.get(spec.variant, ()))
+        assert names == set(files.context()) and dockerfile_path == render.repo_path(spec.dockerfile)

@@ -187,3 +187,49 @@ def test_devel_from_pypi_wheels_links_libcudart_for_the_extension_linker():
     home = "/opt/venv/lib/python3.11/site-packages/nvidia/cu13"
     assert render.cuda_home(spec) == home and f"ln -s libcudart.so.13 {home}/lib/libcudart.so" in text
     assert "AS toolkit" not in text and "NVIDIA_CUDA_REPO" not in text
+
+
+@pytest.mark.parametrize("variant", plan.VARIANTS)
+def test_one_list_of_an_images_files_serves_render_and_the_build_context(m, variant):
+    """image_files: what --render writes is what the build context carries, and the context holds every
+    file the Dockerfile COPYs from outside the repository's own directories (verify/, image-files/)."""
+    spec = next(s for s in plan.image_specs(m, [m.resolve(cuda="12.1")], variants=plan.VARIANTS) if s.variant == variant)
+    files = render.image_files(spec, m.variant_packages.get(variant, ()))
+    assert set(files.rendered) == {spec.dockerfile, spec.manifest, spec.constraints}
+    context = files.context()
+    for path, text in files.rendered.items():
+        assert context[render.repo_path(path)] == text.encode()
+    assert render.repo_path(spec.runtime_lock) in context and render.repo_path(spec.lock) in context
+    copied = {source for line in files.dockerfile.splitlines() if line.startswith("COPY ") and "--from" not in line
+              for source in line.split()[1:-1] if not source.startswith(("verify", "image-files", "--"))}
+    assert copied and copied <= set(context), copied - set(context)
+
+
+def test_image_files_makes_the_manifest_once(m, specs, monkeypatch):
+    made = []
+    real = render.image_manifest
+    monkeypatch.setattr(render, "image_manifest", lambda spec: made.append(spec) or real(spec))
+    files = render.image_files(specs["runtime"])
+    assert made == [specs["runtime"]]
+    assert files.rendered[specs["runtime"].manifest] == render.render_manifest(specs["runtime"])
+
+
+def test_the_images_etc_is_spelled_once():
+    """/etc/pytorch-cuda, where an image keeps its contract: verify.userenv spells it (it runs at every start
+    of the image's Python); verify.manifest, the builder and the templates (through render) take it from there."""
+    in_code = re.compile(r"""["'=]/etc/pytorch-cuda""")  # a string that starts with it, not a docstring's mention
+    root = matrix.REPO_ROOT
+    sources = [*sorted((root / "pytorch_cuda").rglob("*.py")), *sorted((root / "verify").rglob("*.py"))]
+    spelled = [path.relative_to(root).as_posix() for path in sources for line in path.read_text().splitlines()
+               if in_code.search(line)]
+    spelled += [path.name for path in sorted(render.TEMPLATES_DIR.rglob("*.j2")) if "/etc/pytorch-cuda" in path.read_text()]
+    assert spelled == ["verify/userenv.py"], spelled
+    from verify import manifest, sbom, userenv
+
+    assert manifest.IMAGE_ETC == userenv.IMAGE_ETC and sbom.DEFAULT_PATH == manifest.SBOM_PATH
+
+def test_the_runtime_points_at_its_contract_where_verify_looks(specs):
+    from verify import manifest, userenv
+
+    text = render.render_dockerfile(specs["runtime"])
+    assert f"PYTORCH_CUDA_MANIFEST={manifest.DEFAULT_PATH} " in text and f"PIP_CONSTRAINT={userenv.CONSTRAINTS} " in text

@@ -15,7 +15,7 @@ import pytest
 from pytorch_cuda.plan import IMAGE_GID, IMAGE_UID
 
 from .clients import jupyter_get, published_port, wait_for_jupyter
-from .dockerutil import verify_report, wait_healthy
+from .dockerutil import VERIFY_SHM, verify_report, wait_healthy
 from .wheels import make_wheel
 
 pytestmark = pytest.mark.docker
@@ -50,7 +50,7 @@ def with_options(options: dict, **more) -> dict:
 @pytest.mark.parametrize("platform", PLATFORMS)
 def test_verify_passes(built, containers, platform):
     code, report, table = verify_report(containers, built["runtime"].tag, **with_options(PLATFORMS[platform],
-                                                                                         shm_size="1g"))
+                                                                                         shm_size=VERIFY_SHM))
     assert code == 0, table
     compiled = next(check for check in report["checks"] if check["name"] == "compile")
     assert compiled["status"] == "pass", compiled
@@ -87,12 +87,10 @@ def test_torch_compile_pip_and_collect_env_work(built, containers, platform, tmp
 BARE = "env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/home/nobody "
 
 
-@pytest.mark.parametrize("variant", ["runtime", "jupyter"])
-def test_the_commands_work_without_the_images_environment(built, containers, variant):
+@pytest.mark.parametrize("variant, its_own", [("runtime", []), ("jupyter", ["jupyter-lab --version"])])
+def test_the_commands_work_without_the_images_environment(built, containers, variant, its_own):
     commands = ["python -c 'import sys, torch, os; print(sys.prefix, os.environ[\"PIP_CONSTRAINT\"], os.environ[\"HOME\"])'",
-                "pip --version", "torchrun --help >/dev/null", "verify --only environment >/dev/null"]
-    if variant == "jupyter":
-        commands.append("jupyter-lab --version")
+                "pip --version", "torchrun --help >/dev/null", "verify --only environment >/dev/null", *its_own]
     script = " && ".join(BARE + command for command in commands)
     code, out = containers.run(built[variant].tag, ["sh", "-c", script], entrypoint="", **HPC_LIKE)
     assert code == 0, out
@@ -117,7 +115,7 @@ def test_a_noexec_tmp_is_named_as_the_cause_with_its_fix(built, containers):
 
 
 def test_verify_passes_with_containerd_2s_open_file_limit(built, containers):
-    code, report, table = verify_report(containers, built["runtime"].tag, shm_size="1g",
+    code, report, table = verify_report(containers, built["runtime"].tag, shm_size=VERIFY_SHM,
                                         ulimits=[{"Name": "nofile", "Soft": 1024, "Hard": 1024}])
     assert code == 0, table
 

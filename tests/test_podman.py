@@ -36,7 +36,7 @@ from pytorch_cuda import baseimage, hostlock
 from pytorch_cuda.engine import BuildEvents, DockerEngine
 from pytorch_cuda.errors import BaseImageError, BuildFailed
 
-from .dockerutil import BuildLeftovers, image_rootfs, unique
+from .dockerutil import VERIFY_SHM, BuildLeftovers, image_rootfs, unique
 
 pytestmark = pytest.mark.docker
 
@@ -380,7 +380,7 @@ def podman_runtime(podman_here, built, docker_client) -> Iterator[list[str]]:
 
 def test_verify_passes_under_podman(podman_runtime):
     """`podman run --rm IMAGE verify`, as a Podman user types it, on this GPU-less machine."""
-    done = podman("run", "--rm", "--shm-size=1g", *podman_runtime, "verify", timeout=600, check=False)
+    done = podman("run", "--rm", f"--shm-size={VERIFY_SHM}", *podman_runtime, "verify", timeout=600, check=False)
     said = done.stdout + done.stderr
     assert done.returncode == 0, said[-4000:]
     rows = dict(re.findall(r"^(\w+)\s+(PASS|WARN|SKIP|FAIL)\s", said, re.M))

@@ -2,7 +2,7 @@
 import pytest
 
 from pytorch_cuda.preflight import HostFacts, cdi_specs, evaluate
-from verify import nvsmi
+from verify import compat, nvsmi
 from verify.manifest import from_labels
 
 LABELS_241 = {
@@ -135,3 +135,7 @@ def test_each_finding_says_what_it_judges():
     findings = evaluate(IMAGE, HostFacts("550.54.15", (H100, H100), TOOLKIT, machine="x86_64"), "amd64")
     assert [f.about for f in findings] == ["driver", "gpu", "gpu", "container", "platform"]
     assert [f.about for f in evaluate(None, HostFacts("550.1", (H100,), TOOLKIT))] == ["image"]
+    # one verdict type: the image's own checks (verify.compat) and preflight judge with the same one
+    assert all(type(f) is compat.Verdict for f in findings)
+    driver = compat.driver_verdict("550.54.15", IMAGE.cuda, IMAGE.driver_floor, IMAGE.toolkit_driver)
+    assert (findings[0].status, findings[0].message) == (driver.status, driver.message)

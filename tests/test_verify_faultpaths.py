@@ -310,7 +310,7 @@ def test_torch_that_does_not_import_is_reported_with_its_root_cause(monkeypatch)
                     raise OSError("libcudnn_graph.so.9: cannot open shared object file: No such file or directory")
                 except OSError as err:
                     raise ImportError("torch/_C: failed to load the CUDA libraries") from err
-            return None
+            return
 
     monkeypatch.delitem(sys.modules, "torch")
     monkeypatch.setattr(sys, "meta_path", [_BrokenTorch(), *sys.meta_path])

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from .dockerutil import build_py, verify_report
+from .dockerutil import VERIFY_SHM, build_py, verify_report
 
 pytestmark = pytest.mark.docker
 
@@ -16,7 +16,7 @@ def _checks(report: dict) -> dict[str, dict]:
 
 def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
     spec = built["runtime"]
-    code, report, table = verify_report(containers, spec.tag, shm_size="1g")
+    code, report, table = verify_report(containers, spec.tag, shm_size=VERIFY_SHM)
     assert code == 0, table
     checks = _checks(report)
     for name in ("environment", "driver", "health", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"):

@@ -40,6 +40,7 @@ TRITON_MIN_CAPABILITY = (7, 0)
 class Verdict:
     status: str  # ok | warn | fail
     message: str
+    about: str = ""  # what it judges, where a list holds several (preflight: image | driver | gpu | container | platform)
 
 
 def worst(statuses: Iterable[str]) -> str:

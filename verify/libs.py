@@ -11,6 +11,8 @@ import os
 import re
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
+from verify.packages import canonical
+
 # libcudnn.so.9, libcudnn_graph.so.9, libnccl.so.2, libcublasLt.so.12, libcudart.so.12 ...
 _LIBRARY = re.compile(r"/(?P<file>lib(?P<family>cudnn|nccl|cublasLt|cublas|cudart)(?:_[A-Za-z0-9_]+)?\.so[.\d]*)$")
 _CUDA_WHEEL = re.compile(r"^nvidia-(?P<component>[a-z0-9-]+?)-cu(?P<major>\d+)$")
@@ -65,7 +67,7 @@ def cuda_wheel_conflicts(distribution_names: Iterable[str]) -> Tuple[List[str], 
     components: Dict[str, Set[str]] = {}
     by_major: Dict[str, List[str]] = {}
     for raw in distribution_names:
-        name = raw.strip().lower().replace("_", "-")
+        name = canonical(raw.strip())
         match = _CUDA_WHEEL.match(name)
         if not match:
             continue

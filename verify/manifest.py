@@ -14,9 +14,11 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from verify import userenv
 from verify.errors import ManifestError
 
-DEFAULT_PATH = "/etc/pytorch-cuda/manifest.json"
+IMAGE_ETC = userenv.IMAGE_ETC  # where an image keeps its contract (userenv, cheap to import, spells it)
+DEFAULT_PATH = userenv.MANIFEST
 ENV_VAR = "PYTORCH_CUDA_MANIFEST"
 LABEL_PREFIX = "io.pytorch-cuda."
 
@@ -102,7 +104,7 @@ LABELS: Mapping[str, str] = {
 VARIANT_LABEL = LABEL_PREFIX + "variant"
 # Set after the build, from the SBOM the build wrote (its packages are known only then).
 SBOM_LABEL = LABEL_PREFIX + "sbom-digest"
-SBOM_PATH = "/etc/pytorch-cuda/sbom.cdx.json"
+SBOM_PATH = IMAGE_ETC + "/sbom.cdx.json"
 _FORMER_LABELS = {"toolkit_driver": LABEL_PREFIX + "min-driver"}
 
 

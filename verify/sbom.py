@@ -20,9 +20,10 @@ import sys
 import uuid
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+from verify import manifest as contract
 from verify.packages import canonical
 
-DEFAULT_PATH = "/etc/pytorch-cuda/sbom.cdx.json"
+DEFAULT_PATH = contract.SBOM_PATH
 DPKG_STATUS = "/var/lib/dpkg/status"
 _HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
@@ -144,7 +145,7 @@ def write(path: str, manifest_path: str, locks: Iterable[str]) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m verify.sbom", description=__doc__.splitlines()[0])
     parser.add_argument("--write", metavar="PATH", default=DEFAULT_PATH)
-    parser.add_argument("--manifest", default=os.environ.get("PYTORCH_CUDA_MANIFEST", "/etc/pytorch-cuda/manifest.json"))
+    parser.add_argument("--manifest", default=os.environ.get(contract.ENV_VAR, contract.DEFAULT_PATH))
     parser.add_argument("--lock", action="append", default=[], help="a lock file whose hashes the SBOM carries")
     args = parser.parse_args(argv)
     print(f"sbom: {args.write} {write(args.write, args.manifest, args.lock)}")

@@ -21,7 +21,7 @@ from pytorch_cuda import matrix, plan
 from pytorch_cuda.engine import DockerEngine
 
 from ..clients import SshClient, published_port, run_in_kernel, wait_for_jupyter
-from ..dockerutil import container
+from ..dockerutil import VERIFY_SHM, container
 
 pytestmark = pytest.mark.docker
 
@@ -97,7 +97,7 @@ def test_verify_passes_its_cpu_checks_in_the_arm64_image_under_emulation(both_pl
               "exit $code")
     started = time.monotonic()
     code, output = containers.run(both_platforms["specs"][matrix.ARM64, "runtime"].tag, ["sh", "-c", script], timeout=1500,
-                                  entrypoint="", shm_size="1g", environment={"QEMU_CPU": EMULATED_CPU})
+                                  entrypoint="", shm_size=VERIFY_SHM, environment={"QEMU_CPU": EMULATED_CPU})
     print(f"\nverify under emulation ({EMULATED_CPU}): {time.monotonic() - started:.0f} s")
     table, _, report = output.partition("@@REPORT@@")
     assert code == 0, table

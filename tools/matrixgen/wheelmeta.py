@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pytorch_cuda.ca import find_ca_file
+from verify.packages import canonical
 
 logger = logging.getLogger(__name__)
 
@@ -393,7 +394,7 @@ def parse_wheel_filename(filename: str) -> WheelName | None:
         assert bm
         build = (int(bm.group(1)), bm.group(2))
     return WheelName(
-        m.group("name").lower().replace("_", "-"),
+        canonical(m.group("name")),
         m.group("version"),
         build,
         tuple(m.group("py").split(".")),
