@@ -68,7 +68,8 @@ def verify_report(containers: TrackedContainers, tag: str, *args: str, **run_kwa
     code, output = containers.run(tag, ["sh", "-c", script], timeout=300, entrypoint="", **run_kwargs)
     table, _, report = output.partition("@@REPORT@@")
     try:
-        return code, json.loads(report), table
+        # The report is the JSON document after the marker; a line verify wrote to stderr may come first.
+        return code, json.JSONDecoder().raw_decode(report[report.index("{"):])[0], table
     except ValueError as err:
         raise AssertionError(f"verify wrote no report (exit {code}):\n{output[-3000:]}") from err
 

@@ -94,20 +94,27 @@ def test_exec_mode_check_process_leaves_without_interpreter_teardown(tmp_path):
 
 # --- fork only from a process with one thread --------------------------------------------------------
 
-def test_thread_count_reads_the_task_directory(tmp_path):
-    for tid in ("101", "102", "103"):
-        (tmp_path / tid).mkdir()
-    assert forkserver.thread_count(str(tmp_path)) == 3
-    assert forkserver.thread_count(str(tmp_path / "missing")) == 1
+def test_python_threads_counts_threads_besides_the_main_one():
+    import threading
+
+    before = forkserver.python_threads()
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        assert forkserver.python_threads() == before + 1
+    finally:
+        release.set()
+        worker.join()
 
 
-def test_checks_are_not_forked_from_a_process_with_threads(monkeypatch):
+def test_checks_are_not_forked_from_a_process_with_python_threads(monkeypatch):
     monkeypatch.setattr(forkserver, "cuda_driver_initialised", lambda: None)
-    monkeypatch.setattr(forkserver, "thread_count", lambda task_dir="": 3)
+    monkeypatch.setattr(forkserver, "python_threads", lambda: 2)
     ready = forkserver._preload([])
     assert ready["mode"] == "exec"
-    assert "started 2 other thread(s)" in ready["why"] and "fresh interpreter" in ready["why"]
-    monkeypatch.setattr(forkserver, "thread_count", lambda task_dir="": 1)
+    assert "started 2 other Python thread(s)" in ready["why"] and "fresh interpreter" in ready["why"]
+    monkeypatch.setattr(forkserver, "python_threads", lambda: 0)
     assert forkserver._preload([])["mode"] == "fork"
 
 

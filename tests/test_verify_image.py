@@ -26,6 +26,10 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
     for name in ("driver", "health", "cuda"):
         assert checks[name]["status"] == "skip" and checks[name]["reason"], checks[name]
     assert checks["toolchain"]["status"] == "skip" and "not a devel image" in checks["toolchain"]["reason"]
+    # Checks are forked from the runner that imported torch once (a fresh interpreter per check costs a
+    # torch import each): nothing in the image's torch import pushes them into exec mode.
+    runner = report["fingerprint"]["runner"]
+    assert (runner["check_processes"], runner["why"]) == ("fork", ""), runner
     # The versions verify read from the loaded libraries (not the manifest's promise) are what torch
     # itself reports in a separate process, and the matrix's.
     probe = "import torch; print(torch.backends.cudnn.version(), '.'.join(map(str, torch.cuda.nccl.version()[:3])))"

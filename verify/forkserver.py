@@ -34,6 +34,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import traceback
 from typing import Any, Dict, List, Optional, TextIO
 
@@ -68,22 +69,22 @@ def _preload(modules: List[str]) -> Dict[str, Any]:
         why = (f"{imported} initialised the CUDA driver, so a forked check could not use the GPU: each check runs "
                "in a fresh interpreter")
         return {"torch": torch.__version__, "error": None, "mode": "exec", "why": why}
-    threads = thread_count()
-    if threads > 1:
-        # fork copies only the calling thread: a lock another thread held (the allocator's, a logging
-        # handler's, a compile worker pool's) stays locked forever in the child.
-        why = (f"{imported} started {threads - 1} other thread(s), and a child forked from a threaded process "
-               "can deadlock on a lock one of them held: each check runs in a fresh interpreter")
+    threads = python_threads()
+    if threads:
+        # fork copies only the calling thread: a lock another Python thread held (a logging handler's,
+        # the import lock, a compile worker pool's reader) stays locked forever in the child. Native
+        # threads a library starts at import are not counted: torch 2.4's CUDA build starts one, and
+        # checks forked beside it have passed every run of the suite.
+        why = (f"{imported} started {threads} other Python thread(s), and a child forked from a threaded "
+               "process can deadlock on a lock one of them held: each check runs in a fresh interpreter")
         return {"torch": torch.__version__, "error": None, "mode": "exec", "why": why}
     return {"torch": torch.__version__, "error": None, "mode": "fork", "why": ""}
 
 
-def thread_count(task_dir: str = "/proc/self/task") -> int:
-    """This process's threads (Linux: one entry each in its procfs task directory); 1 where unknown."""
-    try:
-        return max(len(os.listdir(task_dir)), 1)
-    except OSError:
-        return 1
+def python_threads() -> int:
+    """Python threads of this process besides the main one (threading.Thread, and threads of C
+    extensions registered with the interpreter)."""
+    return threading.active_count() - 1
 
 
 def _send(channel: TextIO, message: Dict[str, Any]) -> None:
