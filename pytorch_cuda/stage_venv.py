@@ -35,8 +35,6 @@ class StageError(Exception):
 
 
 def normalize_name(name: str) -> str:
-    """verify.packages.canonical, copied: this script runs under the image's /usr/bin/python3 without the
-    repository on its path (tests/test_layers.py shows the two agree)."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 

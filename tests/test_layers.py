@@ -204,7 +204,8 @@ def test_a_package_no_layer_takes_stops_the_build(tmp_path):
 @pytest.mark.parametrize("name", ["torch", "Jinja2", "nvidia_cuda_runtime_cu12", "zope.interface", "A__B--c..D",
                                   "pytorch-triton", "backports_tarfile"])
 def test_the_staging_scripts_copy_of_the_name_rule_agrees_with_verifys(name):
-    """stage_venv.py runs without the repository on its path, so it keeps a copy of verify.packages.canonical."""
+    """stage_venv.py runs without the repository on its path, so it keeps a copy of verify.packages.canonical.
+    (It is copied into every builder stage: any edit of it, a comment too, rebuilds every builder stage.)"""
     from verify.packages import canonical
 
     assert stage_venv.normalize_name(name) == canonical(name)
