@@ -5,6 +5,7 @@ import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +209,13 @@ def test_a_slow_nvidia_smi_is_killed_and_reaped(tmp_path):
 def test_run_smi_returns_what_nvidia_smi_printed(tmp_path):
     smi = fake_smi(tmp_path, 'echo "$1"; echo oops >&2; exit 3')
     assert nvsmi.run_smi([smi, "-q"], 5) == nvsmi.SmiAnswer(3, "-q\n", "oops\n")
+
+
+def test_gpus_in_q_reads_a_report_and_is_empty_without_nvidia_smi(tmp_path):
+    fixture = next((Path(__file__).parent / "fixtures" / "nvidia-smi").glob("q-h100-80gb-hbm3-mig-*.txt"))
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\ncat '{fixture}'\n")
+    smi.chmod(0o755)
+    gpus = nvsmi.gpus_in_q(which=lambda name: str(smi))
+    assert gpus and gpus[0]["name"].startswith("NVIDIA H100")
+    assert nvsmi.gpus_in_q(which=lambda name: None) == []

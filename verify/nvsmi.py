@@ -234,6 +234,19 @@ def query(which: Callable[[str], Optional[str]] = shutil.which, run: Runner = ru
     return SmiReport(None, (), problem)  # pragma: no cover - the loop always returns
 
 
+def gpus_in_q(which: Callable[[str], Optional[str]] = shutil.which) -> List[Dict[str, Any]]:
+    """This host's GPUs as `nvidia-smi -q` describes them (parse_q's "gpus"), time-limited; none when it
+    cannot tell (no nvidia-smi, a failure, a hang): for a message that only helps when it can be read."""
+    smi = which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        answer = run_smi([smi, "-q"])
+    except (SmiHung, OSError):
+        return []
+    return list(parse_q(answer.stdout)["gpus"]) if answer.returncode == 0 else []
+
+
 def exclusive_process(report: SmiReport) -> bool:
     """Whether a GPU is in Exclusive_Process mode: one CUDA context at a time (common on HPC)."""
     return any(gpu.compute_mode == EXCLUSIVE_PROCESS for gpu in report.gpus)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -42,18 +42,6 @@ def mig_without_device(gpus: Sequence[Mapping[str, Any]], visible_count: int) ->
             "(`--gpus device=0:0`, NVIDIA_VISIBLE_DEVICES=MIG-<uuid>), or disable MIG (`nvidia-smi -mig 0`)")
 
 
-def smi_gpus() -> List[Dict[str, Any]]:
-    """This host's GPUs as `nvidia-smi -q` describes them (time-limited); none when it cannot tell."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return []
-    try:
-        answer = nvsmi.run_smi([smi, "-q"])
-    except (nvsmi.SmiHung, OSError):
-        return []
-    return list(nvsmi.parse_q(answer.stdout)["gpus"]) if answer.returncode == 0 else []
-
-
 def gpu_missing_reason() -> Optional[str]:
     """None when torch can use a GPU; otherwise why not, in words a user can act on."""
     if torch.version.cuda is None:
@@ -68,7 +56,7 @@ def gpu_missing_reason() -> Optional[str]:
         return f"no GPU made visible: {hidden} hides every GPU"
     if not os.path.exists("/proc/driver/nvidia/version") and shutil.which("nvidia-smi") is None:
         return "no GPU: no NVIDIA driver found (in Docker, run with --gpus all)"
-    mig = mig_without_device(smi_gpus(), 0)
+    mig = mig_without_device(nvsmi.gpus_in_q(), 0)
     if mig:
         return f"no GPU: {mig}"
     detail = str(caught[-1].message).strip().splitlines()[0] if caught else "torch.cuda.is_available() is False"

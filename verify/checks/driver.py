@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 
 from verify import compat, nvsmi, versions
-from verify.checks._common import WHICH_TAG_HINT, mig_without_device, smi_gpus, visibility_hides_every_gpu
+from verify.checks._common import WHICH_TAG_HINT, mig_without_device, visibility_hides_every_gpu
 from verify.context import CheckContext
 from verify.manifest import Manifest
 from verify.result import Findings, Outcome
@@ -92,7 +92,7 @@ def run(ctx: CheckContext) -> Outcome:
         return ctx.no_gpu(f"no GPU made visible: {hidden} hides every GPU ({said})", found.figures,
                           found.key_figure)
     if count == 0:
-        mig = mig_without_device(smi_gpus(), count) if torch.version.cuda else None
+        mig = mig_without_device(nvsmi.gpus_in_q(), count) if torch.version.cuda else None
         if torch.version.cuda is None:
             why = f"torch {torch.__version__} is a CPU build"
         elif hidden:
