@@ -41,6 +41,7 @@ class HostFacts:
     cdi_specs: tuple[str, ...] = ()  # CDI spec files naming nvidia.com/gpu devices
     docker_problem: str = ""  # why the Docker engine could not be asked
     machine: str = ""  # the host's CPU as `uname -m` says it ("x86_64", "aarch64"); "" when not asked
+    smi_hung: bool = False  # nvidia-smi did not answer in time (nvsmi.SmiReport.hung)
 
 
 def _driver_finding(image: Manifest, host: HostFacts) -> Verdict:
@@ -128,7 +129,7 @@ def host_facts(docker_runtimes: tuple[str, ...], cdi_dirs: Iterable[str] = CDI_D
     """This host's facts; `report`: nvidia-smi's answer when it was asked already."""
     report = report if report is not None else nvsmi.query(which=which)
     return HostFacts(report.driver, report.gpus, docker_runtimes, report.problem, which(HOOK), cdi_specs(cdi_dirs),
-                     docker_problem, platform.machine())
+                     docker_problem, platform.machine(), report.hung)
 
 
 def judge(ref: str, report: Optional[nvsmi.SmiReport] = None) -> tuple[str, list[Verdict], HostFacts]:
@@ -203,7 +204,7 @@ def instead(host: HostFacts, variant: str = "runtime") -> str:
     """One line: the newest tag that would work on this host, or why none does."""
     target = host_platform(host.machine)
     try:
-        choice = recommend.choose(nvsmi.SmiReport(host.driver, host.gpus, host.problem),
+        choice = recommend.choose(nvsmi.SmiReport(host.driver, host.gpus, host.problem, host.smi_hung),
                                   matrix.load().newest_per_tag(), (target,))
     except NoCompatibleTag as err:
         return f"no tag of the matrix works here either: {err}"

@@ -144,7 +144,7 @@ def choose(host: nvsmi.SmiReport, builds: Iterable[MatrixEntry], platforms: Sequ
     no GPU, a GPU whose compute capability nvidia-smi cannot tell, or no entry fits.
     """
     if not host.gpus:
-        if "did not answer" in host.problem:  # a GPU may well be there: its driver is what does not respond
+        if host.hung:  # a GPU may well be there: its driver is what does not respond
             raise NoCompatibleTag(f"cannot read this host's GPUs: {host.problem}")
         raise NoCompatibleTag(f"no NVIDIA GPU found on this host ({host.problem or 'nvidia-smi lists none'})")
     gpus: list[tuple[str, tuple[int, int]]] = []

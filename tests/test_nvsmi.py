@@ -196,6 +196,7 @@ def test_an_nvidia_smi_that_will_not_die_is_abandoned_and_named(tmp_path, monkey
     assert "nvidia-smi did not answer within 0.5 s (driver hung?)" in problem, problem
     assert f"process {unkillable[0]} is stuck in the kernel" in problem and "Xid" in problem
     assert answer["report"].driver is None and answer["report"].gpus == ()
+    assert answer["report"].hung
 
 
 def test_a_slow_nvidia_smi_is_killed_and_reaped(tmp_path):

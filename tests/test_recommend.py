@@ -108,6 +108,12 @@ def test_no_gpu_says_so_with_nvidia_smis_problem():
     assert issubclass(NoCompatibleTag, UsageError)  # exit 2 at the CLI, like other usage errors
 
 
+def test_a_hung_nvidia_smi_is_not_called_no_gpu():
+    hung = nvsmi.SmiReport(None, (), "nvidia-smi did not answer within 30 s (driver hung?): killed", hung=True)
+    with pytest.raises(NoCompatibleTag, match=r"^cannot read this host's GPUs: nvidia-smi did not answer"):
+        recommend.choose(hung, BUILDS)
+
+
 def test_an_unknown_compute_capability_is_not_guessed():
     old = "this driver is too old to report compute capabilities (the compute_cap field needs >= 510)"
     with pytest.raises(NoCompatibleTag, match="compute capability of GPU 0 Tesla T4 is unknown"):

@@ -90,6 +90,7 @@ class SmiReport:
     driver: Optional[str]
     gpus: Tuple[SmiGpu, ...]
     problem: str = ""  # why nothing (or less) could be read: nvidia-smi missing, failing, hung, an old driver
+    hung: bool = False  # nvidia-smi did not answer in time: a GPU may be there, its driver is what does not respond
 
 
 def _value(text: Optional[str]) -> Optional[str]:
@@ -217,7 +218,7 @@ def query(which: Callable[[str], Optional[str]] = shutil.which, run: Runner = ru
             done = run([smi, f"--query-gpu={','.join(fields)}", "--format=csv,noheader"],
                        TIMEOUT_S if timeout_s is None else timeout_s)
         except SmiHung as err:
-            return SmiReport(None, (), str(err))
+            return SmiReport(None, (), str(err), hung=True)
         except OSError as err:
             return SmiReport(None, (), f"nvidia-smi failed: {err}")
         output = done.stdout + done.stderr

@@ -145,7 +145,7 @@ def run(specs: Sequence[CheckSpec], options: RunOptions,
     smi = nvsmi.query()
     parallel, serial_reason = how_checks_run(options.parallel, smi)
     runner_facts: Dict[str, Any] = {"parallel": parallel, "serial_reason": serial_reason, "nvidia_smi": smi.problem}
-    if "did not answer" in smi.problem:  # the checks still run: each reports what it can, health says why
+    if smi.hung:  # the checks still run: each reports what it can, health says why
         log.warning("%s", smi.problem)
 
     def finish(result: CheckResult) -> None:
