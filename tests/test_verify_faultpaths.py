@@ -326,3 +326,11 @@ def test_torch_that_does_not_import_is_reported_with_its_root_cause(monkeypatch)
     assert outcome.reason.startswith("torch does not import (ImportError: torch/_C: failed to load")
     assert outcome.reason.endswith("root cause: OSError: libcudnn_graph.so.9: cannot open shared object file: "
                                    "No such file or directory)")
+
+
+def test_checks_run_on_the_cpu_beside_an_uncovered_gpu_say_why(monkeypatch):
+    _pretend_gpu(monkeypatch, (6, 0), ["sm_75", "sm_80"])
+    reason = _common.gpu_unusable_reason()
+    assert _common.on_the_cpu_because(reason) == f"; {reason}"
+    assert _common.on_the_cpu_because("no GPU: torch 2.13.0 is a CPU build") == ""
+    assert _common.on_the_cpu_because(None) == ""

@@ -63,6 +63,15 @@ def gpu_missing_reason() -> Optional[str]:
     return f"no GPU: {detail}"
 
 
+NOT_COVERED = "is not covered by this build's kernels (see cuda)"
+
+
+def on_the_cpu_because(reason: Optional[str]) -> str:
+    """'; <reason>' for a check that ran on the CPU although a GPU is there (one this build has no
+    kernels for), so its PASS does not read as a GPU result; '' otherwise."""
+    return f"; {reason}" if reason and NOT_COVERED in reason else ""
+
+
 def gpu_unusable_reason() -> Optional[str]:
     """None when torch can run kernels on every visible GPU; otherwise why not.
 
@@ -79,8 +88,7 @@ def gpu_unusable_reason() -> Optional[str]:
     for index in range(torch.cuda.device_count()):
         major, minor = torch.cuda.get_device_capability(index)
         if not archs.coverage(major, minor, arch_list).ok:
-            return (f"GPU {index} ({torch.cuda.get_device_name(index)}, {archs.sm_name(major, minor)}) is not "
-                    "covered by this build's kernels (see cuda)")
+            return f"GPU {index} ({torch.cuda.get_device_name(index)}, {archs.sm_name(major, minor)}) {NOT_COVERED}"
     return None
 
 

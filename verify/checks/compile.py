@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from verify import compat
-from verify.checks._common import compare, gpu_unusable_reason
+from verify.checks._common import compare, gpu_unusable_reason, on_the_cpu_because
 from verify.context import CheckContext
 from verify.errors import root_cause
 from verify.result import Findings, Outcome
@@ -205,4 +205,4 @@ def run(ctx: CheckContext) -> Outcome:
     path = "Triton on the GPU" if device == "cuda" else "C++ on the CPU"
     return found.outcome(f"torch.compile ({path}) matches eager (error {error:.1e}), as {who} "
                          f"({'root' if user['root'] else 'not root'})"
-                         + (f"; {missing}" if missing and "not covered" in missing else ""))
+                         + on_the_cpu_because(missing))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from verify import compat
-from verify.checks._common import gpu_unusable_reason
+from verify.checks._common import gpu_unusable_reason, on_the_cpu_because
 from verify.context import CheckContext
 from verify.result import Findings, Outcome
 
@@ -156,4 +156,4 @@ def run(ctx: CheckContext) -> Outcome:
                    f">= {MIN_ACCURACY:.0%})")
     return found.outcome(f"loss {initial:.2f} -> {final:.2f}, accuracy {accuracy:.0%} on {device} "
                          f"({figures['precision']}) in {figures['steps']} steps"
-                         + (f"; {missing}" if missing and "not covered" in missing else ""))
+                         + on_the_cpu_because(missing))
