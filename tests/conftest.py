@@ -3,22 +3,30 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from typing import Iterator
 
 import pytest
 
 from pytorch_cuda import hostlock, matrix, plan
 
-from .dockerutil import TrackedContainers, build_failure, build_py, local_registry, one_build_at_a_time
+from .dockerutil import (
+    TrackedContainers,
+    build_failure,
+    build_py,
+    kept_registry,
+    one_build_at_a_time,
+    remove_kept_registry,
+)
 
 BUILD_CUDA = "12.1"  # the integration build: PyPI's newest torch for CUDA 12.1
 
 
-def _docker_client():
+def _docker_client(timeout: int = 600):
     import docker
 
     try:
-        client = docker.from_env(timeout=600)
+        client = docker.from_env(timeout=timeout)
         client.ping()
         return client, None
     except Exception as err:  # any failure to reach the daemon
@@ -186,11 +194,30 @@ def built(docker_client, real_matrix, given_images) -> BuiltImages:
 
 
 @pytest.fixture(scope="session")
-def registry(docker_client) -> Iterator[tuple[str, str, object]]:
-    """One local registry for the session's pushes of the CUDA 12.1 images: (address, url, container).
+def registry(docker_client, request) -> tuple[str, str, object]:
+    """The registry the run's pushes share (address, url, container): one for every worker, its storage kept
+    between runs (dockerutil.kept_registry), so a push of layers an earlier run pushed compresses nothing.
+    Each test pushes under its own repository (`layers/`, `release/`, `cuda13/`)."""
+    return kept_registry(docker_client, run_uid(request.config))
 
-    Shared so that the 2.4.1 runtime is compressed and uploaded once (about 3 GB): a second push of
-    the same layers to another repository of it is a cross-repository mount.
-    """
-    with local_registry(docker_client) as found:
-        yield found
+
+def run_uid(config: pytest.Config) -> str:
+    """This run's id, the same in every xdist worker and in the controller (set in pytest_configure)."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["testrunuid"] if workerinput else config.option.testrunuid)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The controller picks the run's id, so that it knows which run started the kept registry (xdist passes
+    # --testrunuid to its workers; without xdist the option is this process's own).
+    if not hasattr(config, "workerinput") and getattr(config.option, "testrunuid", None) is None:
+        config.option.testrunuid = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller, once every worker is done: the kept registry's container goes if this run started it."""
+    if hasattr(session.config, "workerinput"):
+        return
+    client, _ = _docker_client(timeout=10)
+    if client is not None:
+        remove_kept_registry(client, run_uid(session.config))

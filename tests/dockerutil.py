@@ -203,35 +203,53 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@contextlib.contextmanager
-def local_registry(client: docker.DockerClient) -> Iterator[tuple[str, str, object]]:
-    """A fresh, empty Distribution registry on 127.0.0.1 (the engine trusts loopback registries
-    over plain HTTP): yields (address, url, its container). Removed with its storage afterwards."""
-    import re
+KEPT_REGISTRY = "pytorch-cuda-test-registry"  # its container's name, and its storage volume's
+# Fixed: Docker remembers which compressed blob of a layer a registry holds by the registry's address, so
+# only a push to the same address as last run's finds the blobs there and compresses nothing again.
+KEPT_REGISTRY_PORT = int(os.environ.get("PYTORCH_CUDA_TEST_REGISTRY_PORT", "38742"))
+# Past this, the kept storage (every pushed version of the suite's images) is dropped and starts empty.
+KEPT_REGISTRY_LIMIT = 24 * 10**9
+RUN_LABEL = "io.pytorch-cuda.test-run"
 
-    import requests
 
-    from pytorch_cuda import baseimage, hostlock
+def _registry_image(client: docker.DockerClient) -> None:
+    """The registry's image, as every build gets its base: pulled, or made from Debian's packages on a machine
+    that has built nothing yet (no registry reachable). Kept: the next run's build is all cache hits."""
+    from pytorch_cuda import baseimage
     from pytorch_cuda.engine import DockerEngine
 
-    # Its base as every build gets it: pulled, or made from Debian's packages on a machine that has
-    # built nothing yet (no registry reachable). The image is kept: the next run's build is all cache hits.
     base = re.search(r"^FROM (\S+)", (REGISTRY_CONTEXT / "Dockerfile").read_text(), re.M).group(1)
+    baseimage.ensure_base_image(DockerEngine(client), base, say=lambda line: None)
+    client.images.build(path=str(REGISTRY_CONTEXT), tag=REGISTRY_IMAGE, rm=True, forcerm=True, pull=False)
+
+
+def _wait_for_registry(url: str, box) -> None:
+    import requests
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"{url}/v2/", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, box.logs().decode()
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def local_registry(client: docker.DockerClient) -> Iterator[tuple[str, str, object]]:
+    """A fresh, empty Distribution registry on 127.0.0.1 (the engine trusts loopback registries over plain
+    HTTP), for a measure of what pushes upload (benchmarks/layer_bench.py): yields (address, url, its
+    container). Removed with its storage afterwards."""
+    from pytorch_cuda import hostlock
+
     with hostlock.held("tests-registry-image"):
-        baseimage.ensure_base_image(DockerEngine(client), base, say=lambda line: None)
-        client.images.build(path=str(REGISTRY_CONTEXT), tag=REGISTRY_IMAGE, rm=True, forcerm=True, pull=False)
+        _registry_image(client)
     port = free_port()
     with container(client, REGISTRY_IMAGE, ports={"5000/tcp": ("127.0.0.1", port)}) as box:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/v2/", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, box.logs().decode()
-            time.sleep(0.5)
+        _wait_for_registry(url, box)
         yield f"127.0.0.1:{port}", url, box
 
 
@@ -243,7 +261,77 @@ def registry_bytes(box) -> int:
     return int(out.decode().strip())
 
 
-@contextlib.contextmanager
+def kept_registry(client: docker.DockerClient, run: str) -> tuple[str, str, object]:
+    """The registry the suite's pushes share, on 127.0.0.1:KEPT_REGISTRY_PORT, its storage in a volume kept
+    between runs: (address, url, container). A run pushes what an earlier run pushed as cache hits (the
+    registry has the blobs: nothing compressed or uploaded again), and changed layers in full. Started by
+    the first worker that needs it, labelled with the run (`run`: xdist's run id) so that the run's end
+    removes the container (remove_kept_registry); the volume stays. Where the port is taken, a fresh
+    registry on a free port, removed with the run, stands in.
+    """
+    import docker.errors
+
+    from pytorch_cuda import hostlock
+
+    with hostlock.held("tests-registry-image"):
+        _registry_image(client)
+        try:
+            box = client.containers.get(KEPT_REGISTRY)
+            if box.status != "running":
+                box.remove(force=True)
+                raise docker.errors.NotFound("not running")
+        except docker.errors.NotFound:
+            volume = _kept_volume(client)
+            try:
+                box = client.containers.run(REGISTRY_IMAGE, name=KEPT_REGISTRY, detach=True, labels={RUN_LABEL: run},
+                                            ports={"5000/tcp": ("127.0.0.1", KEPT_REGISTRY_PORT)},
+                                            volumes={volume: {"bind": "/var/lib/docker-registry", "mode": "rw"}})
+            except docker.errors.APIError as err:  # the port is taken: a registry of this run alone
+                print(f"kept registry: 127.0.0.1:{KEPT_REGISTRY_PORT} unusable ({err.explanation}); a fresh one stands in")
+                with contextlib.suppress(docker.errors.APIError):
+                    client.containers.get(KEPT_REGISTRY).remove(force=True)
+                box = client.containers.run(REGISTRY_IMAGE, name=KEPT_REGISTRY, detach=True, labels={RUN_LABEL: run},
+                                            ports={"5000/tcp": ("127.0.0.1", free_port())})
+        box.reload()
+        port = box.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
+        url = f"http://127.0.0.1:{port}"
+        _wait_for_registry(url, box)
+    return f"127.0.0.1:{port}", url, box
+
+
+def _kept_volume(client: docker.DockerClient) -> str:
+    """The kept storage volume, dropped first when it has grown past KEPT_REGISTRY_LIMIT."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.NotFound):
+        volume = client.volumes.get(KEPT_REGISTRY)
+        size = client.containers.run(REGISTRY_IMAGE, ["du", "-sb", "/data"], remove=True,
+                                     volumes={KEPT_REGISTRY: {"bind": "/data", "mode": "ro"}})
+        if int(size.split()[0]) > KEPT_REGISTRY_LIMIT:
+            volume.remove(force=True)
+    return KEPT_REGISTRY
+
+
+def remove_kept_registry(client: docker.DockerClient, run: str) -> None:
+    """At a run's end: remove the kept registry's container if that run started it (its volume stays)."""
+    import docker.errors
+
+    with contextlib.suppress(docker.errors.NotFound):
+        box = client.containers.get(KEPT_REGISTRY)
+        if box.labels.get(RUN_LABEL) == run:
+            box.remove(force=True)
+
+
+def manifest_blobs(url: str, repository: str, tag: str) -> dict[str, int]:
+    """digest -> size of what a registry stores for one image (its config and layer blobs, compressed),
+    read from the image's manifest."""
+    import requests
+
+    manifest = requests.get(f"{url}/v2/{repository}/manifests/{tag}", timeout=30,
+                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).json()
+    return {blob["digest"]: blob["size"] for blob in (manifest["config"], *manifest["layers"])}
+
+
 def image_rootfs(client: docker.DockerClient, reference: str) -> Iterator[Path]:
     """The image's root filesystem as a directory (for ch-run and `podman run --rootfs`), read-only.
 

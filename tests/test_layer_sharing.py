@@ -1,7 +1,9 @@
 """Two tags that pin the same NVIDIA wheels share those layers, and a registry stores them once.
 
 2.4.0 and 2.4.1 (CUDA 12.1) lock the same NVIDIA wheels, triton and other packages; only torch,
-torchvision and torchaudio differ. Built here from PyPI's wheels, pushed to a real registry.
+torchvision and torchaudio differ. Built here from PyPI's wheels, pushed to a real registry (the
+run's shared one, kept between runs: what a second push adds is read from the two manifests, the
+blobs the second lists that the first does not).
 """
 from __future__ import annotations
 
@@ -9,23 +11,15 @@ import contextlib
 
 import docker.errors
 import pytest
-import requests
 
 from pytorch_cuda import plan
 
-from .dockerutil import build_failure, build_py, registry_bytes
+from .dockerutil import build_failure, build_py, manifest_blobs
 
 pytestmark = [pytest.mark.docker, pytest.mark.release]
 
 # The issue's goal: the second tag's push uploads at most this share of the first's bytes.
 SECOND_PUSH_SHARE = 0.35
-
-
-def _stored_bytes(url: str, repository: str, tag: str) -> int:
-    """What a registry stores for one image: its config and layer blobs, compressed, from its manifest."""
-    manifest = requests.get(f"{url}/v2/{repository}/manifests/{tag}", timeout=30,
-                            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"}).json()
-    return manifest["config"]["size"] + sum(layer["size"] for layer in manifest["layers"])
 
 
 def test_tags_with_the_same_nvidia_pins_share_layers_and_the_second_push_is_small(built, real_matrix, registry,
@@ -35,7 +29,7 @@ def test_tags_with_the_same_nvidia_pins_share_layers_and_the_second_push_is_smal
     assert dict(older.runtime_pins)["torch"] == "2.4.0" and dict(newer.runtime_pins)["torch"] == "2.4.1"
     nvidia = [layer for layer in newer.layer_plan if layer.comment.startswith("NVIDIA")]
     pushed: list[str] = []
-    address, url, box = registry  # this worker's (xdist): the first push below uploads 2.4.1
+    address, url, _ = registry
     # 2.4.0 stays, with its builder stage (about 7 GB), as every image a test builds: the next run's build is all
     # cache hits. Not one_build_at_a_time: 2.4.0 shares no cached step whose lookup another 12.1 build could take.
     try:
@@ -58,17 +52,18 @@ def test_tags_with_the_same_nvidia_pins_share_layers_and_the_second_push_is_smal
         assert old_layers[torch_at] != new_layers[torch_at]
         assert old_layers[torch_at + 1] == new_layers[torch_at + 1]  # every other package: same pins
 
-        # What the registry stores for the first tag (read from its manifest, whichever test
-        # pushed those layers first), then the bytes the second tag's push adds to its blobs.
-        stored = []
+        # What the registry stores for the first tag, then what the second adds to it: the blobs of its
+        # manifest that the first's lacks (a registry stores a blob once, by digest).
         for spec in (newer, older):
             ref = f"{address}/layers/{spec.tag}"
             docker_client.images.get(spec.tag).tag(ref)
             pushed.append(ref)
             for line in docker_client.images.push(ref, stream=True, decode=True):
                 assert "error" not in line, line
-            stored.append(registry_bytes(box))
-        first, second = _stored_bytes(url, "layers/pytorch-cuda", newer.tag.rsplit(":", 1)[1]), stored[1] - stored[0]
+        first_blobs, second_blobs = (manifest_blobs(url, "layers/pytorch-cuda", spec.tag.rsplit(":", 1)[1])
+                                     for spec in (newer, older))
+        first = sum(first_blobs.values())
+        second = sum(size for digest, size in second_blobs.items() if digest not in first_blobs)
         print(f"\nfirst push ({newer.tag}): {first / 1e9:.2f} GB; second ({older.tag}): {second / 1e9:.2f} GB "
               f"= {second / first:.1%}")
         assert 0 < second <= SECOND_PUSH_SHARE * first

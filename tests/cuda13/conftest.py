@@ -66,14 +66,15 @@ def cuda13_amd64(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
 @pytest.fixture(scope="session")
 def cuda13(docker_client, real_matrix, registry) -> Iterator[dict]:
     """Both platforms' images, pushed with `build.py --platform linux/amd64,linux/arm64 --registry R --push`
-    (every build step a cache hit by then) to the session's registry: one multi-platform tag per variant.
+    (every build step a cache hit by then) to the run's registry: one multi-platform tag per variant. That
+    registry is kept between runs, so a run after one that pushed the same images uploads only manifests.
     Where aarch64 code cannot run here, `no_arm64` says why (the arm64 tests skip with it)."""
     no_arm64 = qemu_aarch64_missing()
     if no_arm64:
         yield {"no_arm64": no_arm64}
         return
     address, url, _ = registry
-    prefix = f"{address}/team"
+    prefix = f"{address}/cuda13"
     build_platform(matrix.ARM64)
     build_platform(matrix.AMD64)  # built by test_devel's worker meanwhile, or now
     started = time.monotonic()
@@ -83,7 +84,7 @@ def cuda13(docker_client, real_matrix, registry) -> Iterator[dict]:
     print(f"\nboth platforms tagged and pushed in {time.monotonic() - started:.0f} s")
     specs = specs_of(real_matrix, matrix.PLATFORMS, prefix)
     yield {"specs": specs, "url": url, "prefix": prefix, "build": real_matrix.resolve(cuda=CUDA), "no_arm64": ""}
-    # The registry goes with the session; so do the names under its address (the images stay, by their plain tags).
+    # The names under the registry's address go (the images stay, by their plain tags).
     for image in docker_client.images.list():
         for name in image.tags:
             if name.startswith(prefix + "/"):
