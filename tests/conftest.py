@@ -17,6 +17,7 @@ from .dockerutil import (
     kept_registry,
     one_build_at_a_time,
     remove_kept_registry,
+    remove_pushed_names,
 )
 
 BUILD_CUDA = "12.1"  # the integration build: PyPI's newest torch for CUDA 12.1
@@ -75,14 +76,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # Heavy chains of image tests, each kept on one xdist worker (pytest.ini: --dist loadgroup) so that they run
 # beside each other and beside the unit tests, which any worker takes.
 ARM64_GROUP, CUDA13_GROUP, CUDA12_GROUP, RELEASE_GROUP, LAYERS_GROUP = "arm64", "cuda13", "cuda12.1", "release", "layers"
+# The longest emulated and compiling tests, each on a worker of its own beside the rest of its chain: they are the
+# run's longest, and in one chain with the others the run waited for them one after another at its end. The other
+# worker of the chain finds the chain's images built (a host lock, then cache hits) and pushed (a kept registry).
+ARM64_LONG = ("test_verify_passes_its_cpu_checks_in_the_arm64_image_under_emulation",
+              "test_the_arm64_devel_image_compiles_kernels_for_grace_gpus_under_emulation")
+CUDA13_LONG = ("test_load_inline_builds_sass_for_each_requested_arch",)
 PODMAN_GROUP = "podman"  # its own service, and the runtime image copied into Podman's storage
 PLATFORMS_GROUP = "platforms"  # the 12.1 images under other uids, read-only roots, ch-run: beside cuda12.1
 
 
-# One worker per heavy group plus two for the unit tests. A run without the image tests gets one worker
+# One worker per heavy group (two for each of the CUDA 13.0 chains) plus two for the unit tests. A run without the image tests gets one worker
 # more than the machine has cores: its torchrun and timeout tests spend seconds waiting, and a third
 # worker fills them (measured 2026-12-06, 2 cores: 92.4 s on 2 workers, 81.3 s on 3, 84.6 s on 4).
-FULL_RUN_WORKERS = 9
+FULL_RUN_WORKERS = 11
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
@@ -95,9 +102,9 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     """The item's group, as it is collected: before any collection_modifyitems, xdist's (which reads it) included."""
     path = item.path.as_posix()
     if path.endswith("tests/cuda13/test_arm64.py"):
-        group = ARM64_GROUP
+        group = ARM64_GROUP if item.originalname in ARM64_LONG else f"{ARM64_GROUP}-clients"
     elif "/tests/cuda13/" in path:
-        group = CUDA13_GROUP
+        group = CUDA13_GROUP if item.originalname in CUDA13_LONG else f"{CUDA13_GROUP}-more"
     elif path.endswith("tests/test_layer_sharing.py"):  # 2.4.0's build and pushes, beside the --no-cache rebuild
         group = LAYERS_GROUP
     elif path.endswith("tests/test_podman.py"):  # before the `built` rule: it waits for the 12.1 build like it
@@ -221,3 +228,4 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     client, _ = _docker_client(timeout=10)
     if client is not None:
         remove_kept_registry(client, run_uid(session.config))
+        remove_pushed_names(client)

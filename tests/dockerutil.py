@@ -322,6 +322,21 @@ def remove_kept_registry(client: docker.DockerClient, run: str) -> None:
             box.remove(force=True)
 
 
+# Names the CUDA 13.0 images get for their push (tests/cuda13/conftest.py), used by two workers at once: removed
+# when the run ends, not when one of them does. The images stay, by their plain tags.
+PUSHED_NAME = re.compile(r"^127\.0\.0\.1:\d+/cuda13/pytorch-cuda:")
+
+
+def remove_pushed_names(client: docker.DockerClient) -> None:
+    import docker.errors
+
+    for image in client.images.list():
+        for name in image.tags:
+            if PUSHED_NAME.match(name):
+                with contextlib.suppress(docker.errors.APIError):
+                    client.images.remove(name)
+
+
 def manifest_blobs(url: str, repository: str, tag: str) -> dict[str, int]:
     """digest -> size of what a registry stores for one image (its config and layer blobs, compressed),
     read from the image's manifest."""
@@ -332,6 +347,7 @@ def manifest_blobs(url: str, repository: str, tag: str) -> dict[str, int]:
     return {blob["digest"]: blob["size"] for blob in (manifest["config"], *manifest["layers"])}
 
 
+@contextlib.contextmanager
 def image_rootfs(client: docker.DockerClient, reference: str) -> Iterator[Path]:
     """The image's root filesystem as a directory (for ch-run and `podman run --rootfs`), read-only.
 

@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -36,7 +37,8 @@ from pytorch_cuda import baseimage, hostlock
 from pytorch_cuda.engine import BuildEvents, DockerEngine
 from pytorch_cuda.errors import BaseImageError, BuildFailed
 
-from .dockerutil import VERIFY_SHM, BuildLeftovers, image_rootfs, unique
+from .clients import wait_for_jupyter
+from .dockerutil import REPO, VERIFY_SHM, BuildLeftovers, image_rootfs, unique
 
 pytestmark = pytest.mark.docker
 
@@ -397,3 +399,44 @@ def test_an_arbitrary_uid_in_group_0_imports_torch_under_podman(podman_runtime, 
                   "python", "-c", "import os, torch; print(os.getuid(), os.getgid(), torch.__version__)")
     uid, gid, version = done.stdout.split()
     assert (uid, gid) == ("12345", "0") and version.startswith(built["runtime"].build.torch + "+"), done.stdout
+
+
+# Copying the 12.1 runtime into Podman's storage keeps 5.8 GB there and stages as much again in /var/tmp while it
+# copies: more than a machine holding the suite's images and its --no-cache rebuild can spare at once, so the
+# suite runs this only when asked (alone, after the suite: README, Platforms).
+FULL_JUPYTER = "PYTORCH_CUDA_TEST_PODMAN_JUPYTER"
+
+
+def test_build_py_builds_the_jupyter_image_through_podman_and_it_keeps_its_healthcheck(podman_url, built, docker_client):
+    """The real jupyter variant, built by build.py against Podman's Docker-compatible API on the suite's runtime
+    (copied into Podman's storage): the image keeps its HEALTHCHECK, the one Docker's build of it has, and
+    under `podman run` JupyterLab answers with its token and Podman's own health check passes."""
+    if os.environ.get(FULL_JUPYTER) != "1":
+        pytest.skip(f"{FULL_JUPYTER}=1 runs it: it copies the 5.8 GB runtime into Podman's storage (11.6 GB at "
+                    "its peak), more disk than the suite's images leave")
+    runtime, jupyter = built["runtime"].tag, built["jupyter"].tag
+    need = 2 * docker_client.images.get(runtime).attrs["Size"] + 2 * 10**9
+    free = min(shutil.disk_usage(path).free for path in ("/var/lib/containers", PODMAN_TMP))
+    assert free > need, f"copying {runtime} into Podman needs {need / 1e9:.1f} GB free, {free / 1e9:.1f} GB is"
+    token = "podman-" + unique("token")
+    box = ""
+    copy_into_podman(docker_client, runtime)
+    try:
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, str(REPO / "build.py"), "--cuda", built["runtime"].build.cuda,
+                                 "--variant", "jupyter", "--no-alias"], cwd=REPO, capture_output=True, text=True,
+                                timeout=2400, env={**os.environ, "DOCKER_HOST": podman_url})
+        print(f"\nbuild.py --variant jupyter against Podman: {time.monotonic() - started:.0f} s\n{result.stdout[-1500:]}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        health = podman_healthcheck(jupyter)
+        assert health and health.get("Test") == docker_client.images.get(jupyter).attrs["Config"]["Healthcheck"]["Test"], health
+        box = podman("run", "-d", "-p", "127.0.0.1::8888", "-e", f"JUPYTER_TOKEN={token}", jupyter).stdout.strip()
+        port = int(podman("port", box, "8888/tcp").stdout.strip().rsplit(":", 1)[1])
+        wait_for_jupyter(f"http://127.0.0.1:{port}", token, timeout=180)
+        assert podman("healthcheck", "run", box, check=False).returncode == 0, podman("logs", box).stdout[-2000:]
+    finally:
+        if box:
+            podman("rm", "-f", box, check=False)
+        podman("rmi", jupyter, check=False)
+        podman("rmi", runtime, check=False)
+        podman("image", "prune", "-f", check=False)  # the build's stages: Podman's storage holds nothing else unnamed

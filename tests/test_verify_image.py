@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
-from .dockerutil import VERIFY_SHM, build_py, verify_report
+from .dockerutil import VERIFY_SHM, TrackedContainers, build_py, verify_report
 
 pytestmark = pytest.mark.docker
 
@@ -14,9 +15,21 @@ def _checks(report: dict) -> dict[str, dict]:
     return {check["name"]: check for check in report["checks"]}
 
 
-def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
+@pytest.fixture(scope="module")
+def full_run(built, docker_client) -> Iterator[tuple[int, dict, str]]:
+    """One full `verify` in the runtime image as its user, read by the tests of what that run says."""
+    tracked = TrackedContainers(docker_client)
+    failed = True
+    try:
+        yield verify_report(tracked, built["runtime"].tag, shm_size=VERIFY_SHM)
+        failed = False
+    finally:
+        tracked.close(failed=failed)
+
+
+def test_verify_passes_in_the_runtime_image_without_gpu(built, containers, full_run):
     spec = built["runtime"]
-    code, report, table = verify_report(containers, spec.tag, shm_size=VERIFY_SHM)
+    code, report, table = full_run
     assert code == 0, table
     checks = _checks(report)
     for name in ("environment", "driver", "health", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "train"):
@@ -41,8 +54,8 @@ def test_verify_passes_in_the_runtime_image_without_gpu(built, containers):
     assert checks["cudnn"]["figures"]["runtime"] == f"{major}.{minor}.{patch}", checks["cudnn"]["figures"]
 
 
-def test_verify_compile_runs_as_the_non_root_user(built, containers):
-    code, report, table = verify_report(containers, built["runtime"].tag, "--only", "compile")
+def test_verify_compile_runs_as_the_non_root_user(full_run):
+    code, report, table = full_run
     assert code == 0, table
     figures = _checks(report)["compile"]["figures"]  # read from the process (geteuid), not the manifest
     assert (figures["user"], figures["uid"], figures["root"]) == ("pytorch", 1000, False), figures
