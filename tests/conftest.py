@@ -79,8 +79,7 @@ ARM64_GROUP, CUDA13_GROUP, CUDA12_GROUP, RELEASE_GROUP, LAYERS_GROUP = "arm64", 
 # The longest emulated and compiling tests, each on a worker of its own beside the rest of its chain: they are the
 # run's longest, and in one chain with the others the run waited for them one after another at its end. The other
 # worker of the chain finds the chain's images built (a host lock, then cache hits) and pushed (a kept registry).
-ARM64_LONG = ("test_verify_passes_its_cpu_checks_in_the_arm64_image_under_emulation",
-              "test_the_arm64_devel_image_compiles_kernels_for_grace_gpus_under_emulation")
+ARM64_LONG = ("test_verify_passes_its_cpu_checks_in_the_arm64_image_under_emulation",)
 CUDA13_LONG = ("test_load_inline_builds_sass_for_each_requested_arch",)
 PODMAN_GROUP = "podman"  # its own service, and the runtime image copied into Podman's storage
 PLATFORMS_GROUP = "platforms"  # the 12.1 images under other uids, read-only roots, ch-run: beside cuda12.1
@@ -201,31 +200,33 @@ def built(docker_client, real_matrix, given_images) -> BuiltImages:
 
 
 @pytest.fixture(scope="session")
-def registry(docker_client, request) -> tuple[str, str, object]:
+def registry(docker_client) -> tuple[str, str, object]:
     """The registry the run's pushes share (address, url, container): one for every worker, its storage kept
     between runs (dockerutil.kept_registry), so a push of layers an earlier run pushed compresses nothing.
     Each test pushes under its own repository (`layers/`, `release/`, `cuda13/`)."""
-    return kept_registry(docker_client, run_uid(request.config))
+    return kept_registry(docker_client, os.environ[RUN_ID])
 
 
-def run_uid(config: pytest.Config) -> str:
-    """This run's id, the same in every xdist worker and in the controller (set in pytest_configure)."""
-    workerinput = getattr(config, "workerinput", None)
-    return str(workerinput["testrunuid"] if workerinput else config.option.testrunuid)
+# This run's id, in the environment of every process of it: xdist's workers and a pytest a test starts (which then
+# leaves the run's shared things to the run that made them).
+RUN_ID = "PYTORCH_CUDA_TEST_RUN"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # The controller picks the run's id, so that it knows which run started the kept registry (xdist passes
-    # --testrunuid to its workers; without xdist the option is this process's own).
-    if not hasattr(config, "workerinput") and getattr(config.option, "testrunuid", None) is None:
-        config.option.testrunuid = uuid.uuid4().hex
+    if RUN_ID not in os.environ:
+        os.environ[RUN_ID] = uuid.uuid4().hex
+        config.stash[_OWNS_RUN] = True
+
+
+_OWNS_RUN = pytest.StashKey[bool]()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The controller, once every worker is done: the kept registry's container goes if this run started it."""
-    if hasattr(session.config, "workerinput"):
+    """The run's first process, once every worker is done: the kept registry's container goes if this run started
+    it (its volume stays), and so do the names the CUDA 13.0 images got for their push."""
+    if not session.config.stash.get(_OWNS_RUN, False):
         return
     client, _ = _docker_client(timeout=10)
     if client is not None:
-        remove_kept_registry(client, run_uid(session.config))
+        remove_kept_registry(client, os.environ[RUN_ID])
         remove_pushed_names(client)
