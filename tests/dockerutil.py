@@ -330,11 +330,16 @@ PUSHED_NAME = re.compile(r"^127\.0\.0\.1:\d+/cuda13/pytorch-cuda:")
 def remove_pushed_names(client: docker.DockerClient) -> None:
     import docker.errors
 
-    for image in client.images.list():
-        for name in image.tags:
-            if PUSHED_NAME.match(name):
-                with contextlib.suppress(docker.errors.APIError):
-                    client.images.remove(name)
+    for name in image_names(client):
+        if PUSHED_NAME.match(name):
+            with contextlib.suppress(docker.errors.APIError):
+                client.images.remove(name)
+
+
+def image_names(client: docker.DockerClient) -> list[str]:
+    """Every name an image of the engine has, from one listing: `images.list()` inspects each image it lists,
+    and fails on one another worker removed in between."""
+    return [name for image in client.api.images() for name in image.get("RepoTags") or () if name != "<none>:<none>"]
 
 
 def manifest_blobs(url: str, repository: str, tag: str) -> dict[str, int]:

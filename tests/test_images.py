@@ -19,6 +19,7 @@ from .dockerutil import (
     build_failure,
     build_py,
     free_port,
+    image_names,
     one_build_at_a_time,
     removing_leftovers_of_builds,
 )
@@ -167,7 +168,7 @@ def test_failing_step_leaves_no_tag(built, docker_client, builds_here):
     [error] = [line for line in result.stderr.splitlines() if line.startswith("error: build of")]
     assert error.endswith("its command exited with code 1") and len(error) < 300, error
     assert "127.0.0.1" in "\n".join(line for line in result.stderr.splitlines() if line.startswith("    | "))
-    assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
+    assert not [name for name in image_names(docker_client) if name.startswith(registry)]
 
 
 def test_wheels_the_cache_cannot_fetch_fail_the_image_in_one_line_before_any_step(built, docker_client, tmp_path,
@@ -182,7 +183,7 @@ def test_wheels_the_cache_cannot_fetch_fail_the_image_in_one_line_before_any_ste
     assert error.startswith(f"error: wheels of {registry}/{built['runtime'].tag}: downloading the wheels of "
                             "runtime.lock from http://127.0.0.1:9/simple failed"), error
     assert "step 1/" not in result.stderr  # no build step ran
-    assert not [t for image in docker_client.images.list() for t in image.tags if t.startswith(registry)]
+    assert not [name for name in image_names(docker_client) if name.startswith(registry)]
 
 
 
