@@ -412,10 +412,10 @@ def test_build_py_builds_the_jupyter_image_through_podman_and_it_keeps_its_healt
     (copied into Podman's storage): the image keeps its HEALTHCHECK, the one Docker's build of it has, and
     under `podman run` JupyterLab answers with its token and Podman's own health check passes."""
     if os.environ.get(FULL_JUPYTER) != "1":
-        pytest.skip(f"{FULL_JUPYTER}=1 runs it: it copies the 5.8 GB runtime into Podman's storage (11.6 GB at "
-                    "its peak), more disk than the suite's images leave")
+        pytest.skip(f"{FULL_JUPYTER}=1 runs it: it copies the 5.8 GB runtime into Podman's storage (about 17 GB "
+                    "at its peak), more disk than the suite's images leave")
     runtime, jupyter = built["runtime"].tag, built["jupyter"].tag
-    need = 2 * docker_client.images.get(runtime).attrs["Size"] + 2 * 10**9
+    need = 3 * docker_client.images.get(runtime).attrs["Size"]  # 15 GB free ran out here (2026-12-06)
     free = min(shutil.disk_usage(path).free for path in ("/var/lib/containers", PODMAN_TMP))
     assert free > need, f"copying {runtime} into Podman needs {need / 1e9:.1f} GB free, {free / 1e9:.1f} GB is"
     token = "podman-" + unique("token")
