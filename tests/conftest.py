@@ -85,9 +85,9 @@ PODMAN_GROUP = "podman"  # its own service, and the runtime image copied into Po
 PLATFORMS_GROUP = "platforms"  # the 12.1 images under other uids, read-only roots, ch-run: beside cuda12.1
 
 
-# One worker per heavy group (two for each of the CUDA 13.0 chains) plus two for the unit tests. A run without the image tests gets one worker
-# more than the machine has cores: its torchrun and timeout tests spend seconds waiting, and a third
-# worker fills them (measured 2026-12-06, 2 cores: 92.4 s on 2 workers, 81.3 s on 3, 84.6 s on 4).
+# One worker per heavy group (two for each CUDA 13.0 chain) plus two for the unit tests. A run without the
+# image tests gets one worker more than the machine has cores: its torchrun and timeout tests spend seconds
+# waiting, and a third worker fills them (measured 2026-12-06, 2 cores: 92.4 s on 2 workers, 81.3 s on 3, 84.6 s on 4).
 FULL_RUN_WORKERS = 11
 
 
@@ -210,15 +210,13 @@ def registry(docker_client) -> tuple[str, str, object]:
 # This run's id, in the environment of every process of it: xdist's workers and a pytest a test starts (which then
 # leaves the run's shared things to the run that made them).
 RUN_ID = "PYTORCH_CUDA_TEST_RUN"
+_OWNS_RUN = pytest.StashKey[bool]()  # set in the process that chose the id
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if RUN_ID not in os.environ:
         os.environ[RUN_ID] = uuid.uuid4().hex
         config.stash[_OWNS_RUN] = True
-
-
-_OWNS_RUN = pytest.StashKey[bool]()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -265,8 +265,8 @@ def kept_registry(client: docker.DockerClient, run: str) -> tuple[str, str, obje
     """The registry the suite's pushes share, on 127.0.0.1:KEPT_REGISTRY_PORT, its storage in a volume kept
     between runs: (address, url, container). A run pushes what an earlier run pushed as cache hits (the
     registry has the blobs: nothing compressed or uploaded again), and changed layers in full. Started by
-    the first worker that needs it, labelled with the run (`run`: xdist's run id) so that the run's end
-    removes the container (remove_kept_registry); the volume stays. Where the port is taken, a fresh
+    the first worker that needs it, labelled with the run (`run`: conftest.RUN_ID's value) so that the
+    run's end removes the container (remove_kept_registry); the volume stays. Where the port is taken, a fresh
     registry on a free port, removed with the run, stands in.
     """
     import docker.errors
