@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:  # the SDK is imported where a container is made: a GPU host may lack it
     import docker
@@ -273,6 +273,10 @@ def kept_registry(client: docker.DockerClient, run: str) -> tuple[str, str, obje
 
     from pytorch_cuda import hostlock
 
+    def start(port: int, **options) -> Any:
+        return client.containers.run(REGISTRY_IMAGE, name=KEPT_REGISTRY, detach=True, labels={RUN_LABEL: run},
+                                     ports={"5000/tcp": ("127.0.0.1", port)}, **options)
+
     with hostlock.held("tests-registry-image"):
         _registry_image(client)
         try:
@@ -281,17 +285,14 @@ def kept_registry(client: docker.DockerClient, run: str) -> tuple[str, str, obje
                 box.remove(force=True)
                 raise docker.errors.NotFound("not running")
         except docker.errors.NotFound:
-            volume = _kept_volume(client)
+            _drop_kept_storage_past_its_limit(client)
             try:
-                box = client.containers.run(REGISTRY_IMAGE, name=KEPT_REGISTRY, detach=True, labels={RUN_LABEL: run},
-                                            ports={"5000/tcp": ("127.0.0.1", KEPT_REGISTRY_PORT)},
-                                            volumes={volume: {"bind": "/var/lib/docker-registry", "mode": "rw"}})
+                box = start(KEPT_REGISTRY_PORT, volumes={KEPT_REGISTRY: {"bind": "/var/lib/docker-registry", "mode": "rw"}})
             except docker.errors.APIError as err:  # the port is taken: a registry of this run alone
                 print(f"kept registry: 127.0.0.1:{KEPT_REGISTRY_PORT} unusable ({err.explanation}); a fresh one stands in")
                 with contextlib.suppress(docker.errors.APIError):
                     client.containers.get(KEPT_REGISTRY).remove(force=True)
-                box = client.containers.run(REGISTRY_IMAGE, name=KEPT_REGISTRY, detach=True, labels={RUN_LABEL: run},
-                                            ports={"5000/tcp": ("127.0.0.1", free_port())})
+                box = start(free_port())
         box.reload()
         port = box.attrs["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"]
         url = f"http://127.0.0.1:{port}"
@@ -299,8 +300,8 @@ def kept_registry(client: docker.DockerClient, run: str) -> tuple[str, str, obje
     return f"127.0.0.1:{port}", url, box
 
 
-def _kept_volume(client: docker.DockerClient) -> str:
-    """The kept storage volume, dropped first when it has grown past KEPT_REGISTRY_LIMIT."""
+def _drop_kept_storage_past_its_limit(client: docker.DockerClient) -> None:
+    """Remove the kept storage volume when it has grown past KEPT_REGISTRY_LIMIT: the registry starts empty."""
     import docker.errors
 
     with contextlib.suppress(docker.errors.NotFound):
@@ -309,7 +310,6 @@ def _kept_volume(client: docker.DockerClient) -> str:
                                      volumes={KEPT_REGISTRY: {"bind": "/data", "mode": "ro"}})
         if int(size.split()[0]) > KEPT_REGISTRY_LIMIT:
             volume.remove(force=True)
-    return KEPT_REGISTRY
 
 
 def remove_kept_registry(client: docker.DockerClient, run: str) -> None:

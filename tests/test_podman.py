@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -38,7 +37,7 @@ from pytorch_cuda.engine import BuildEvents, DockerEngine
 from pytorch_cuda.errors import BaseImageError, BuildFailed
 
 from .clients import wait_for_jupyter
-from .dockerutil import REPO, VERIFY_SHM, BuildLeftovers, image_rootfs, unique
+from .dockerutil import VERIFY_SHM, BuildLeftovers, build_failure, build_py, image_rootfs, unique
 
 pytestmark = pytest.mark.docker
 
@@ -423,11 +422,10 @@ def test_build_py_builds_the_jupyter_image_through_podman_and_it_keeps_its_healt
     copy_into_podman(docker_client, runtime)
     try:
         started = time.monotonic()
-        result = subprocess.run([sys.executable, str(REPO / "build.py"), "--cuda", built["runtime"].build.cuda,
-                                 "--variant", "jupyter", "--no-alias"], cwd=REPO, capture_output=True, text=True,
-                                timeout=2400, env={**os.environ, "DOCKER_HOST": podman_url})
+        result = build_py("--cuda", built["runtime"].build.cuda, "--variant", "jupyter", "--no-alias", timeout=2400,
+                          env={"DOCKER_HOST": podman_url})
         print(f"\nbuild.py --variant jupyter against Podman: {time.monotonic() - started:.0f} s\n{result.stdout[-1500:]}")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert result.returncode == 0, build_failure(result)
         health = podman_healthcheck(jupyter)
         assert health and health.get("Test") == docker_client.images.get(jupyter).attrs["Config"]["Healthcheck"]["Test"], health
         box = podman("run", "-d", "-p", "127.0.0.1::8888", "-e", f"JUPYTER_TOKEN={token}", jupyter).stdout.strip()
