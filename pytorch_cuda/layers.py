@@ -96,3 +96,9 @@ def component_layers(builds: Sequence[MatrixEntry], build: MatrixEntry, locked: 
 def verify_layer(after: Sequence[Layer]) -> str:
     """The stage directory of the verify suite's layer, the last one."""
     return f"{len(after) + 1:02d}-verify"
+
+
+def nvidia_layers(plan: Sequence[Layer]) -> tuple[Layer, ...]:
+    """The plan's NVIDIA layers (its bottom ones): the builder installs and stages their wheels in a
+    step of its own, which tags pinning the same NVIDIA wheels share in Docker's layer cache."""
+    return tuple(layer for layer in plan if all(is_nvidia(name) for name in layer.packages))

@@ -43,3 +43,20 @@ def component_version(locked: dict[str, str], component: str) -> str | None:
     pattern = re.compile(rf"^{re.escape(component)}(-cu\d+)?$")
     hits = sorted(version for name, version in locked.items() if pattern.match(name))
     return hits[0] if len(hits) == 1 else None
+
+
+def entries(text: str) -> dict[str, str]:
+    """name -> its entry (the pin line and its `--hash` continuation lines, newline-ended) of every package a
+    lock's text pins, in the lock's order."""
+    found: dict[str, list[str]] = {}
+    entry: list[str] | None = None
+    for line in text.splitlines():
+        match = _PIN.match(line)
+        if match:
+            entry = found.setdefault(canonical(match.group(1)), [])
+            entry.append(line)
+        elif entry is not None and line[:1].isspace():
+            entry.append(line)
+        else:
+            entry = None  # a comment or a blank line ends an entry
+    return {name: "\n".join(lines) + "\n" for name, lines in found.items()}

@@ -68,6 +68,9 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         require_cuda=compat.require_cuda(spec.build.cuda),
         site_packages=site_packages(spec),
         component_layers=spec.layer_plan,
+        nvidia_layers=layers.nvidia_layers(spec.layer_plan),
+        nvidia_lock_path=repo_path(spec.nvidia_lock),
+        rest_lock_path=repo_path(spec.rest_lock),
         verify_layer=layers.verify_layer(spec.layer_plan),
         source_date_epoch=layers.SOURCE_DATE_EPOCH,
         stage_script=repo_path(STAGE_SCRIPT),
@@ -181,13 +184,33 @@ def render_constraints(spec: ImageSpec, promise: contract.Manifest | None = None
             + "".join(f"{name}=={version}\n" for name, version in pins))
 
 
+NVIDIA_LOCK_HEADER = (
+    "# The NVIDIA wheels of the runtime lock beside this file: the builder stage installs them first, on their own.\n"
+    "# Tags that pin the same NVIDIA wheels have this file byte for byte, so Docker's layer cache shares that\n"
+    "# step (several GB) between them. Written by `python build.py --render` from runtime.lock; do not edit.\n")
+REST_LOCK_HEADER = (
+    "# The runtime lock beside this file without its NVIDIA wheels (runtime-nvidia.lock): the builder stage's\n"
+    "# second pip step. Written by `python build.py --render` from runtime.lock; do not edit.\n")
+
+
+def render_split_locks(spec: ImageSpec) -> tuple[str, str]:
+    """The runtime lock cut in two for the builder's two pip steps: (NVIDIA wheels of the layer plan, the rest).
+
+    Every entry goes to exactly one of them, unchanged (pins and hashes), in the lock's order.
+    """
+    nvidia = {name for layer in layers.nvidia_layers(spec.layer_plan) for name in layer.packages}
+    locked = lockfile.entries(spec.runtime_lock.read_text()) if spec.runtime_lock.exists() else {}
+    return (NVIDIA_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name in nvidia),
+            REST_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name not in nvidia))
+
+
 @dataclass(frozen=True)
 class ImageFiles:
     """One image's files besides the repository's own directories (pipeline.CONTEXT_DIRS): those rendered
     here, which `--render` writes and commits, and the committed ones its Dockerfile COPYs as they are."""
 
     spec: ImageSpec
-    rendered: Mapping[Path, str]  # the Dockerfile, manifest and constraints, by absolute path
+    rendered: Mapping[Path, str]  # the Dockerfile, manifest, constraints (runtime: its split lock), by absolute path
     copied: tuple[Path, ...]  # its lock and the runtime's, the builder stage's script and tools lock
 
     @property
@@ -210,6 +233,8 @@ def image_files(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: 
     promise = image_manifest(spec)
     rendered = {spec.dockerfile: render_dockerfile(spec, packages, templates_dir, promise),
                 spec.manifest: render_manifest(spec, promise), spec.constraints: render_constraints(spec, promise)}
+    if spec.kind.is_root:
+        rendered[spec.nvidia_lock], rendered[spec.rest_lock] = render_split_locks(spec)
     # Every variant's bill of materials carries the runtime lock's hashes too.
     copied = tuple(dict.fromkeys((spec.lock, spec.runtime_lock, STAGE_SCRIPT, BUILDER_TOOLS_LOCK)))
     return ImageFiles(spec, rendered, copied)

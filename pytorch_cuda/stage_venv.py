@@ -12,6 +12,10 @@ it depends on when or where it was built:
 
     python stage_venv.py venv --venv /opt/venv --into /stage --epoch N --owner 1000:0 \\
         --layer 01-nvidia-cudnn-cu12=nvidia-cudnn-cu12 ... --layer 05-python='*'
+    python stage_venv.py venv --partial ... --layer 01-nvidia-cudnn-cu12=nvidia-cudnn-cu12 ...
+
+`--partial` stages the named packages only and leaves everything else in the venv for a later pass
+(the builder installs NVIDIA's wheels in a step of their own); the two passes give the same trees as one.
     python stage_venv.py files --venv /opt/venv --into /stage/06-verify --epoch N --owner 1000:0 PATH...
 """
 from __future__ import annotations
@@ -154,16 +158,25 @@ def parse_layers(specs: Sequence[str]) -> list[tuple[str, set[str]]]:
     return layers
 
 
-def stage_venv(venv: Path, into: Path, layer_specs: Sequence[str], owner: tuple[int, int], epoch: int) -> list[str]:
-    """Compile, then move every path of the venv into the tree of its layer; returns a summary."""
+def stage_venv(venv: Path, into: Path, layer_specs: Sequence[str], owner: tuple[int, int], epoch: int,
+               partial: bool = False) -> list[str]:
+    """Compile, then move every path of the venv into the tree of its layer; returns a summary.
+
+    `partial`: move only the files of the packages the layers name (and their .pyc), leave the rest,
+    and remove the directories that moving emptied, as if those packages had never been installed.
+    """
     layers = parse_layers(layer_specs)
     rest = next((index for index, (_, packages) in enumerate(layers) if REST in packages), None)
+    if partial and rest is not None:
+        raise StageError(f"--partial stages named packages only, and {layers[rest][0]} takes {REST!r}")
     site = site_packages(venv)
     owners: dict[Path, int] = {}
     found: set[str] = set()
     for name, files in distributions(site):
         index = next((i for i, (_, packages) in enumerate(layers) if name in packages), rest)
         if index is None:
+            if partial:
+                continue
             raise StageError(f"{name} is installed but no layer takes it")
         found.add(name)
         for path in files:
@@ -180,14 +193,22 @@ def stage_venv(venv: Path, into: Path, layer_specs: Sequence[str], owner: tuple[
     for root in roots:
         root.mkdir(parents=True)
     fallback = rest if rest is not None else len(layers) - 1
+    directories = []
     for directory, dirnames, names in walk(venv):
+        directories.append((directory, not dirnames and not names))
         for name in names:
             path = directory / name
             source = pyc_source(path)
-            index = owners.get(path, owners.get(source, fallback) if source else fallback)
-            move(path, roots[index])
-        if not dirnames and not names:  # an empty directory is the venv's own: it goes with the rest
+            index = owners.get(path, owners.get(source) if source else None)
+            if index is None and partial:
+                continue
+            move(path, roots[fallback if index is None else index])
+        if not dirnames and not names and not partial:  # an empty directory is the venv's own: it goes with the rest
             mirror_directories(roots[fallback] / directory.relative_to("/"), roots[fallback])
+    if partial:  # deepest first, so a parent emptied by its children's removal goes too
+        for directory, was_empty in reversed(directories):
+            if not was_empty and directory != venv and not any(directory.iterdir()):
+                directory.rmdir()
     summary = []
     for root in roots:
         count, size = normalize(root, venv, owner, epoch)
@@ -213,12 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epoch", type=int, required=True)
     parser.add_argument("--owner", required=True, help="uid:gid of the venv")
     parser.add_argument("--layer", action="append", default=[], help="NAME=package,... (venv)")
+    parser.add_argument("--partial", action="store_true",
+                        help="venv: stage only the named packages, leave the rest for a later pass")
     args = parser.parse_intermixed_args(argv)
     uid, _, gid = args.owner.partition(":")
     owner = (int(uid), int(gid))
     try:
         if args.what == "venv":
-            summary = stage_venv(args.venv, args.into, args.layer, owner, args.epoch)
+            summary = stage_venv(args.venv, args.into, args.layer, owner, args.epoch, partial=args.partial)
         else:
             summary = stage_files(args.paths, args.venv, args.into, owner, args.epoch)
     except (StageError, OSError) as error:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda import layers, matrix, plan, stage_venv
+from pytorch_cuda import layers, lockfile, matrix, plan, render, stage_venv
 
 EPOCH = layers.SOURCE_DATE_EPOCH
 
@@ -40,6 +40,36 @@ def test_tags_with_the_same_nvidia_pins_get_the_same_nvidia_layers_in_the_same_o
     assert nvidia[0].packages == ("nvidia-cublas-cu12",)
     assert [layer.packages for layer in new[len(nvidia):]] == [
         ("triton",), ("torch", "torchvision", "torchaudio"), ("*",)]
+
+
+def test_the_builders_first_pip_step_is_the_same_file_for_tags_with_the_same_nvidia_pins():
+    """The runtime lock cut in two (render.render_split_locks): NVIDIA's wheels, the same bytes for 2.4.0 and
+    2.4.1 (so Docker's cache shares that step), and the rest; each entry of the lock in exactly one, unchanged."""
+    old, new = runtime_spec("2.4.0-cuda12.1"), runtime_spec("2.4.1-cuda12.1")
+    old_nvidia, _ = render.render_split_locks(old)
+    nvidia, rest = render.render_split_locks(new)
+    assert old_nvidia == nvidia
+    # the twelve NVIDIA wheels of 2.4.1's lock, read off the committed lock
+    assert list(lockfile.pins_of(nvidia)) == [
+        "nvidia-cublas-cu12", "nvidia-cuda-cupti-cu12", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12",
+        "nvidia-cudnn-cu12", "nvidia-cufft-cu12", "nvidia-curand-cu12", "nvidia-cusolver-cu12",
+        "nvidia-cusparse-cu12", "nvidia-nccl-cu12", "nvidia-nvjitlink-cu12", "nvidia-nvtx-cu12"]
+    assert {"torch", "triton", "torchvision", "filelock"} <= set(lockfile.pins_of(rest))
+    lock = new.runtime_lock.read_text()
+    body = [line for line in lock.splitlines() if line and not line.startswith("#")]
+    halves = [line for text in (nvidia, rest) for line in text.splitlines() if not line.startswith("#")]
+    assert sorted(halves) == sorted(body)  # nothing lost, nothing twice, every hash kept
+    assert "--hash=sha256:2b964d60e8cf11b5e1073d179d85fa340c120e99b3067558f3cf98dd69d02906" in nvidia  # cuBLAS's
+
+
+def test_lock_entries_keep_each_pin_with_its_hash_lines():
+    text = ("# header\n"
+            "a==1 \\\n    --hash=sha256:aa \\\n    --hash=sha256:ab\n"
+            "# via b\n"
+            "B_c==2 \\\n    --hash=sha256:bb\n"
+            "\n")
+    assert lockfile.entries(text) == {"a": "a==1 \\\n    --hash=sha256:aa \\\n    --hash=sha256:ab\n",
+                                      "b-c": "B_c==2 \\\n    --hash=sha256:bb\n"}
 
 
 def test_every_locked_package_has_exactly_one_layer():
@@ -182,6 +212,50 @@ def test_staging_twice_gives_identical_trees(tmp_path):
         time.sleep(0.01)  # the second venv's files are written at another time
     assert digests[0] == digests[1]
     assert len(set(digests[0])) == len(LAYERS)
+
+
+NVIDIA_LAYERS = LAYERS[:2]
+
+
+@needs_root
+def test_staging_nvidia_first_then_the_rest_gives_the_trees_of_one_pass(tmp_path):
+    """The builder's two pip steps: NVIDIA's wheels installed and staged with --partial, then the rest
+    installed into the same venv and staged; every layer comes out byte for byte as staged in one pass."""
+    work = tmp_path / "work"  # the same path for both, as in the builder stage
+    venv = make_venv(work)
+    make_dist(venv, "pip", {"pip/__init__.py": "V = 1\n"})
+    stage_venv.stage_venv(venv, work / "stage", LAYERS, (1000, 0), EPOCH)
+    expected = [tree_digest(work / "stage" / layer.split("=")[0]) for layer in LAYERS]
+    shutil.rmtree(work)
+
+    # The first pip step's venv: the venv's own files and NVIDIA's wheels.
+    (venv / "bin").mkdir(parents=True)
+    (venv / "include").mkdir()
+    os.symlink("lib", venv / "lib64")
+    os.symlink(sys.executable, venv / "bin" / "python")
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    make_dist(venv, "nvidia-cudnn-cu12", {"nvidia/__init__.py": "", "nvidia/cudnn/lib/libcudnn.so.9": "elf",
+                                          "nvidia/cudnn/__init__.py": "X = 1\n"})
+    make_dist(venv, "nvidia_nccl_cu12", {"nvidia/__init__.py": "", "nvidia/nccl/lib/libnccl.so.2": "elf"})
+    make_dist(venv, "pip", {"pip/__init__.py": "V = 1\n"})  # the venv's own, which the first pass leaves
+    stage_venv.stage_venv(venv, work / "stage", NVIDIA_LAYERS, (1000, 0), EPOCH, partial=True)
+    # What the first pass leaves: the venv without a trace of NVIDIA's wheels, ready for the second step.
+    left = sorted(str(p.relative_to(venv)) for p in venv.rglob("*"))
+    assert not [p for p in left if "nvidia" in p], left
+    assert {"include", "pyvenv.cfg", f"{SITE}/pip/__init__.py"} <= set(left)
+    # The second step's packages, into the same venv.
+    make_dist(venv, "torch", {"torch/__init__.py": "import math\n", "../../../bin/torchrun": "#!/bin/sh\n"})
+    make_dist(venv, "sympy", {"sympy/__init__.py": f"Y = {set('abcdefghijklmnopqrstuvwxyz')!r} & {{'a'}}\n"})
+    (venv / SITE / "loose.py").write_text("# owned by no RECORD\n")
+    stage_venv.stage_venv(venv, work / "stage", LAYERS[2:], (1000, 0), EPOCH)
+    assert [tree_digest(work / "stage" / layer.split("=")[0]) for layer in LAYERS] == expected
+
+
+@needs_root
+def test_a_partial_pass_takes_no_catch_all_layer(tmp_path):
+    venv = make_venv(tmp_path / "a")
+    with pytest.raises(stage_venv.StageError, match="--partial stages named packages only, and 04-python takes"):
+        stage_venv.stage_venv(venv, tmp_path / "stage", LAYERS, (1000, 0), EPOCH, partial=True)
 
 
 @needs_root
