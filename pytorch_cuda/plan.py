@@ -143,11 +143,6 @@ class ImageSpec:
         return self.directory / "runtime.lock"
 
     @property
-    def nvidia_lock(self) -> Path:
-        """The runtime lock's NVIDIA wheels alone (rendered): the builder stage's first pip step."""
-        return self.directory / "runtime-nvidia.lock"
-
-    @property
     def rest_lock(self) -> Path:
         """The runtime lock without its NVIDIA wheels (rendered): the builder stage's second pip step."""
         return self.directory / "runtime-rest.lock"

@@ -1,6 +1,7 @@
 """Rendering: an ImageSpec in, Dockerfile and manifest text out. Pure: no Docker, no network."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cache
@@ -11,7 +12,7 @@ from verify import compat
 from verify import manifest as contract
 
 from . import layers, lockfile
-from .matrix import REPO_ROOT, Matrix
+from .matrix import IMAGES_DIR, REPO_ROOT, Matrix
 from .plan import IMAGE_GID, IMAGE_HOME, IMAGE_UID, IMAGE_USER, IMAGE_USER_SPEC, ImageSpec
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         site_packages=site_packages(spec),
         component_layers=spec.layer_plan,
         nvidia_layers=layers.nvidia_layers(spec.layer_plan),
-        nvidia_lock_path=repo_path(spec.nvidia_lock),
+        nvidia_lock_path=repo_path(split_lock(spec).nvidia_path) if spec.kind.is_root else "",
         rest_lock_path=repo_path(spec.rest_lock),
         verify_layer=layers.verify_layer(spec.layer_plan),
         source_date_epoch=layers.SOURCE_DATE_EPOCH,
@@ -184,24 +185,36 @@ def render_constraints(spec: ImageSpec, promise: contract.Manifest | None = None
             + "".join(f"{name}=={version}\n" for name, version in pins))
 
 
+# The NVIDIA halves of the runtime locks, each named by its content: Docker's layer cache keys a COPY on
+# the file's path in the build context as well as its bytes, so tags that pin the same NVIDIA wheels must
+# COPY the very same file for the builder's first pip step to be shared.
+NVIDIA_LOCKS_DIR = IMAGES_DIR / "nvidia-locks"
 NVIDIA_LOCK_HEADER = (
-    "# The NVIDIA wheels of the runtime lock beside this file: the builder stage installs them first, on their own.\n"
-    "# Tags that pin the same NVIDIA wheels have this file byte for byte, so Docker's layer cache shares that\n"
-    "# step (several GB) between them. Written by `python build.py --render` from runtime.lock; do not edit.\n")
+    "# NVIDIA's wheels of the runtime locks that name this file: the builder stage installs them first, on their\n"
+    "# own, so Docker's layer cache shares that step (several GB) between the tags that pin them. Named by its\n"
+    "# content; written by `python build.py --render` from those runtime.lock files; do not edit.\n")
 REST_LOCK_HEADER = (
-    "# The runtime lock beside this file without its NVIDIA wheels (runtime-nvidia.lock): the builder stage's\n"
+    "# The runtime lock beside this file without NVIDIA's wheels (images/nvidia-locks/): the builder stage's\n"
     "# second pip step. Written by `python build.py --render` from runtime.lock; do not edit.\n")
 
 
-def render_split_locks(spec: ImageSpec) -> tuple[str, str]:
-    """The runtime lock cut in two for the builder's two pip steps: (NVIDIA wheels of the layer plan, the rest).
+@dataclass(frozen=True)
+class SplitLock:
+    """A runtime lock cut in two for the builder's two pip steps: every entry in exactly one half, unchanged."""
 
-    Every entry goes to exactly one of them, unchanged (pins and hashes), in the lock's order.
-    """
-    nvidia = {name for layer in layers.nvidia_layers(spec.layer_plan) for name in layer.packages}
+    nvidia_path: Path  # under NVIDIA_LOCKS_DIR, named by its content
+    nvidia: str  # the NVIDIA wheels of the layer plan
+    rest: str  # everything else, written to spec.rest_lock
+
+
+def split_lock(spec: ImageSpec) -> SplitLock:
+    """The runtime's lock cut in two, in the lock's order."""
+    names = {name for layer in layers.nvidia_layers(spec.layer_plan) for name in layer.packages}
     locked = lockfile.entries(spec.runtime_lock.read_text()) if spec.runtime_lock.exists() else {}
-    return (NVIDIA_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name in nvidia),
-            REST_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name not in nvidia))
+    nvidia = NVIDIA_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name in names)
+    rest = REST_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name not in names)
+    digest = hashlib.sha256(nvidia.encode()).hexdigest()[:16]
+    return SplitLock(NVIDIA_LOCKS_DIR / f"cuda{spec.build.cuda}-{digest}.lock", nvidia, rest)
 
 
 @dataclass(frozen=True)
@@ -234,7 +247,8 @@ def image_files(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: 
     rendered = {spec.dockerfile: render_dockerfile(spec, packages, templates_dir, promise),
                 spec.manifest: render_manifest(spec, promise), spec.constraints: render_constraints(spec, promise)}
     if spec.kind.is_root:
-        rendered[spec.nvidia_lock], rendered[spec.rest_lock] = render_split_locks(spec)
+        split = split_lock(spec)
+        rendered[split.nvidia_path], rendered[spec.rest_lock] = split.nvidia, split.rest
     # Every variant's bill of materials carries the runtime lock's hashes too.
     copied = tuple(dict.fromkeys((spec.lock, spec.runtime_lock, STAGE_SCRIPT, BUILDER_TOOLS_LOCK)))
     return ImageFiles(spec, rendered, copied)

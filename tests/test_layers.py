@@ -43,19 +43,20 @@ def test_tags_with_the_same_nvidia_pins_get_the_same_nvidia_layers_in_the_same_o
 
 
 def test_the_builders_first_pip_step_is_the_same_file_for_tags_with_the_same_nvidia_pins():
-    """The runtime lock cut in two (render.render_split_locks): NVIDIA's wheels, the same bytes for 2.4.0 and
-    2.4.1 (so Docker's cache shares that step), and the rest; each entry of the lock in exactly one, unchanged."""
-    old, new = runtime_spec("2.4.0-cuda12.1"), runtime_spec("2.4.1-cuda12.1")
-    old_nvidia, _ = render.render_split_locks(old)
-    nvidia, rest = render.render_split_locks(new)
-    assert old_nvidia == nvidia
+    """The runtime lock cut in two (render.split_lock): NVIDIA's wheels, one file for 2.4.0 and 2.4.1 (Docker's
+    cache keys a COPY on the file's path and bytes), and the rest; each entry of the lock in exactly one, unchanged."""
+    old, new = render.split_lock(runtime_spec("2.4.0-cuda12.1")), render.split_lock(runtime_spec("2.4.1-cuda12.1"))
+    assert old.nvidia_path == new.nvidia_path and old.nvidia == new.nvidia
+    assert new.nvidia_path.name.startswith("cuda12.1-")
+    assert render.split_lock(runtime_spec("2.5.1-cuda12.4")).nvidia_path != new.nvidia_path
+    nvidia, rest = new.nvidia, new.rest
     # the twelve NVIDIA wheels of 2.4.1's lock, read off the committed lock
     assert list(lockfile.pins_of(nvidia)) == [
         "nvidia-cublas-cu12", "nvidia-cuda-cupti-cu12", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12",
         "nvidia-cudnn-cu12", "nvidia-cufft-cu12", "nvidia-curand-cu12", "nvidia-cusolver-cu12",
         "nvidia-cusparse-cu12", "nvidia-nccl-cu12", "nvidia-nvjitlink-cu12", "nvidia-nvtx-cu12"]
     assert {"torch", "triton", "torchvision", "filelock"} <= set(lockfile.pins_of(rest))
-    lock = new.runtime_lock.read_text()
+    lock = runtime_spec("2.4.1-cuda12.1").runtime_lock.read_text()
     body = [line for line in lock.splitlines() if line and not line.startswith("#")]
     halves = [line for text in (nvidia, rest) for line in text.splitlines() if not line.startswith("#")]
     assert sorted(halves) == sorted(body)  # nothing lost, nothing twice, every hash kept

@@ -56,8 +56,8 @@ def test_non_default_python_gets_its_own_tag_and_base(m):
 def test_runtime_dockerfile_pins_and_stages(specs):
     text = render.render_dockerfile(specs["runtime"])
     # Two pip steps: NVIDIA's wheels, then the rest of the lock.
-    assert text.index("COPY images/2.4.1-cuda12.1/runtime-nvidia.lock /tmp/nvidia.lock") \
-        < text.index("COPY images/2.4.1-cuda12.1/runtime-rest.lock /tmp/requirements.lock")
+    assert re.search(r"^COPY images/nvidia-locks/cuda12\.1-[0-9a-f]{16}\.lock /tmp/nvidia\.lock$", text, re.M)
+    assert text.index("/tmp/nvidia.lock") < text.index("COPY images/2.4.1-cuda12.1/runtime-rest.lock /tmp/requirements.lock")
     for lock in ("/tmp/nvidia.lock", "/tmp/requirements.lock"):
         assert f"--require-hashes \\\n        --no-deps \\\n        -r \\\n        {lock};" in text
     stages = re.findall(r"^FROM (.+)$", text, re.M)
@@ -204,7 +204,7 @@ def test_one_list_of_an_images_files_serves_render_and_the_build_context(m, vari
     file the Dockerfile COPYs from outside the repository's own directories (verify/, image-files/)."""
     spec = next(s for s in plan.image_specs(m, [m.resolve(cuda="12.1")], variants=plan.VARIANTS) if s.variant == variant)
     files = render.image_files(spec, m.variant_packages.get(variant, ()))
-    split_locks = {spec.nvidia_lock, spec.rest_lock} if variant == "runtime" else set()
+    split_locks = {render.split_lock(spec).nvidia_path, spec.rest_lock} if variant == "runtime" else set()
     assert set(files.rendered) == {spec.dockerfile, spec.manifest, spec.constraints} | split_locks
     context = files.context()
     for path, text in files.rendered.items():
