@@ -139,8 +139,8 @@ def second_tag_figures(client: docker.DockerClient, m: matrix.Matrix, cuda: str,
         return "; ".join(line.split(": ", 2)[-1] for line in result.stderr.splitlines() if line.startswith("wheel cache: ")
                          and "downloaded" in line)
 
-    said = warm.stdout + warm.stderr
-    nvidia_step = re.search(r"COPY images/nvidia-locks/\S+ /tmp/nvidia\.lock\n\s+---> Using cache", said) is not None
+    # --verbose shows pip's output of every step that ran: a cached NVIDIA step collects no NVIDIA wheel.
+    nvidia_step = re.search(r"Collecting nvidia-", warm.stdout + warm.stderr) is None
     return [
         (f"cold runtime {first.torch}-cuda{cuda} (--no-cache, empty wheel cache)", f"{cold_s:.1f} s ({fetched(cold)})"),
         (f"then {other.torch}-cuda{cuda} (the layer and wheel caches the first left)", f"{second_s:.1f} s ({fetched(warm)})"),

@@ -110,6 +110,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         group = PODMAN_GROUP
     elif path.endswith(("tests/test_platforms.py", "tests/test_hpc.py")):
         group = PLATFORMS_GROUP
+    elif path.endswith("tests/test_verify_run.py") and "full_run" in getattr(item, "fixturenames", ()):
+        group = "verify-full-run"  # one worker: its one module-scoped verify run serves them all
     elif "built" in getattr(item, "fixturenames", ()):
         # Tests that build 12.1 images wait for the --no-cache rebuild (one_build_at_a_time): they run on its
         # worker, before it, rather than hold up the worker of the tests that only run the images.

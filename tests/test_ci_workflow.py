@@ -128,25 +128,43 @@ def test_aliases_only_on_the_newest_patch(real_matrix):
 
 
 # --- every workflow file: the JSON schema and actionlint ---------------------------------------
+# Each tool runs once for every workflow and every broken copy (its start-up is most of its time), and
+# the tests that read its findings run on one worker (one xdist group), so that one run serves them all.
 
-def _schema_check(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", str(path)],
-                          capture_output=True, text=True, timeout=120)
+LINT_GROUP = pytest.mark.xdist_group("workflow-lint")
+SCHEMA_BREAK = ("    runs-on:", "    runs-onn:")
+# A matrix from fromJSON() has no fields actionlint knows: `matrix.tagg` is caught by
+# test_workflow_uses_only_fields_the_matrix_has instead; everything else typed is actionlint's.
+ACTIONLINT_BREAKS = {
+    "github.evnt_name": (TESTS, "github.event_name", "github.evnt_name", '"evnt_name"'),
+    "github.actr": (IMAGES, "github.actor", "github.actr", '"actr"'),
+    "outputs.tagz": (IMAGES, "needs.matrix.outputs.tags", "needs.matrix.outputs.tagz", '"tagz"'),  # no such output
+    "undeclared-label": (IMAGES, "gpu, multi-gpu]", "gpu, multi-gpux]", '"multi-gpux"'),  # not in actionlint.yaml
+}
 
 
-def test_the_workflows_are_found():
-    assert IMAGES in WORKFLOWS and TESTS in WORKFLOWS
-
-
-@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
-def test_workflow_is_valid_and_a_broken_copy_is_caught(workflow, tmp_path):
-    result = _schema_check(workflow)
-    assert result.returncode == 0, result.stdout + result.stderr
+def _broken_copy(directory: Path, workflow: Path, old: str, new: str) -> Path:
+    """The workflow with its first `old` replaced, under its own name in `directory`."""
     text = workflow.read_text()
-    broken = tmp_path / workflow.name
-    broken.write_text(text.replace("    runs-on:", "    runs-onn:", 1))
-    assert broken.read_text() != text
-    assert _schema_check(broken).returncode != 0
+    assert old in text, (workflow.name, old)
+    directory.mkdir(parents=True)
+    broken = directory / workflow.name
+    broken.write_text(text.replace(old, new, 1))
+    return broken
+
+
+@pytest.fixture(scope="module")
+def schema_errors(tmp_path_factory) -> tuple[dict[str, bool], str]:
+    """check-jsonschema, once, over every workflow and a copy of each with a key misspelled: whether each
+    file ("<name>" or "broken <name>") failed, and what the run said."""
+    tmp = tmp_path_factory.mktemp("schema")
+    files = {workflow.name: workflow for workflow in WORKFLOWS}
+    files |= {f"broken {w.name}": _broken_copy(tmp / w.stem, w, *SCHEMA_BREAK) for w in WORKFLOWS}
+    result = subprocess.run([str(CHECK_JSONSCHEMA), "-o", "JSON", "--builtin-schema", "vendor.github-workflows",
+                             *map(str, files.values())], capture_output=True, text=True, timeout=120)
+    report = json.loads(result.stdout)
+    failed = {error["filename"] for error in report["errors"] + report["parse_errors"]}
+    return {key: str(path) in failed for key, path in files.items()}, result.stdout + result.stderr
 
 
 def _actionlint_missing() -> str | None:
@@ -172,47 +190,48 @@ def _declared(problem: dict, labels: list[str]) -> bool:
 
 
 @pytest.fixture(scope="module")
-def actionlint(tmp_path_factory):
-    """Lint workflow files; each gets its problems as 'line:column: message [kind]' lines."""
+def actionlint_problems(tmp_path_factory) -> dict[str, list[str]]:
+    """actionlint, once, over every workflow and each broken copy of ACTIONLINT_BREAKS: the problems of
+    each file (keyed by the workflow's name, or the break's id) as 'line:column: message [kind]' lines."""
     missing = _actionlint_missing()
     if missing and os.environ.get("CI"):
         pytest.fail(f"CI must have actionlint: {missing}")
     if missing:
         pytest.skip(missing)
     labels = _config_labels()
-    driver = tmp_path_factory.mktemp("actionlint") / "lint.cjs"
+    tmp = tmp_path_factory.mktemp("actionlint")
+    driver = tmp / "lint.cjs"
     driver.write_text(LINT_JS)
+    files = {workflow.name: workflow for workflow in WORKFLOWS}
+    files |= {key: _broken_copy(tmp / key, workflow, old, new) for key, (workflow, old, new, _) in ACTIONLINT_BREAKS.items()}
+    result = subprocess.run(["node", str(driver), str(ACTIONLINT_DIR), *map(str, files.values())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    return {key: [f"{p['line']}:{p.get('column', 0)}: {p['message']} [{p['kind']}]"
+                  for p in found[str(path)] if not _declared(p, labels)]
+            for key, path in files.items()}
 
-    def lint(*paths: Path) -> dict[str, list[str]]:
-        result = subprocess.run(["node", str(driver), str(ACTIONLINT_DIR), *map(str, paths)],
-                                capture_output=True, text=True, timeout=120)
-        assert result.returncode == 0, result.stderr
-        return {Path(path).name: [f"{p['line']}:{p.get('column', 0)}: {p['message']} [{p['kind']}]"
-                                  for p in found if not _declared(p, labels)]
-                for path, found in json.loads(result.stdout).items()}
-    return lint
 
-
+@LINT_GROUP
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
-def test_actionlint_passes_every_workflow(actionlint, workflow):
-    assert actionlint(workflow) == {workflow.name: []}
+def test_workflow_is_valid_and_a_broken_copy_is_caught(schema_errors, workflow):
+    failed, said = schema_errors
+    assert not failed[workflow.name], said
+    assert failed[f"broken {workflow.name}"], said
 
 
-# A matrix from fromJSON() has no fields actionlint knows: `matrix.tagg` is caught by
-# test_workflow_uses_only_fields_the_matrix_has instead; everything else typed is actionlint's.
-@pytest.mark.parametrize("workflow, old, new, named", [
-    (TESTS, "github.event_name", "github.evnt_name", '"evnt_name"'),
-    (IMAGES, "github.actor", "github.actr", '"actr"'),
-    (IMAGES, "needs.matrix.outputs.tags", "needs.matrix.outputs.tagz", '"tagz"'),  # the matrix job has no such output
-    (IMAGES, "gpu, multi-gpu]", "gpu, multi-gpux]", '"multi-gpux"'),  # a label actionlint.yaml does not declare
-], ids=["github.evnt_name", "github.actr", "outputs.tagz", "undeclared-label"])
-def test_actionlint_catches_a_broken_copy(actionlint, workflow, old, new, named, tmp_path):
-    text = workflow.read_text()
-    assert old in text
-    broken = tmp_path / workflow.name
-    broken.write_text(text.replace(old, new, 1))
-    (problem,) = actionlint(broken)[workflow.name]
-    assert named in problem, problem
+@LINT_GROUP
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda path: path.name)
+def test_actionlint_passes_every_workflow(actionlint_problems, workflow):
+    assert actionlint_problems[workflow.name] == []
+
+
+@LINT_GROUP
+@pytest.mark.parametrize("key", ACTIONLINT_BREAKS)
+def test_actionlint_catches_a_broken_copy(actionlint_problems, key):
+    (problem,) = actionlint_problems[key]
+    assert ACTIONLINT_BREAKS[key][3] in problem, problem
 
 
 def _pins() -> dict[str, str]:
