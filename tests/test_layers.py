@@ -122,19 +122,23 @@ def make_dist(venv: Path, name: str, files: dict[str, str]) -> None:
     (site / info / "RECORD").write_text("\n".join(rows) + "\n")
 
 
-def make_venv(root: Path) -> Path:
+def make_venv(root: Path, nvidia: bool = True, rest: bool = True) -> Path:
+    """A venv's own files, then (as the builder's two pip steps install them) NVIDIA's wheels and the rest."""
     venv = root / "opt" / "venv"
-    (venv / "bin").mkdir(parents=True)
-    (venv / "include").mkdir()
-    os.symlink("lib", venv / "lib64")
-    os.symlink(sys.executable, venv / "bin" / "python")
-    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    make_dist(venv, "nvidia-cudnn-cu12", {"nvidia/__init__.py": "", "nvidia/cudnn/lib/libcudnn.so.9": "elf",
-                                          "nvidia/cudnn/__init__.py": "X = 1\n"})
-    make_dist(venv, "nvidia_nccl_cu12", {"nvidia/__init__.py": "", "nvidia/nccl/lib/libnccl.so.2": "elf"})
-    make_dist(venv, "torch", {"torch/__init__.py": "import math\n", "../../../bin/torchrun": "#!/bin/sh\n"})
-    make_dist(venv, "sympy", {"sympy/__init__.py": f"Y = {set('abcdefghijklmnopqrstuvwxyz')!r} & {{'a'}}\n"})
-    (venv / SITE / "loose.py").write_text("# owned by no RECORD\n")
+    if not venv.exists():
+        (venv / "bin").mkdir(parents=True)
+        (venv / "include").mkdir()
+        os.symlink("lib", venv / "lib64")
+        os.symlink(sys.executable, venv / "bin" / "python")
+        (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    if nvidia:
+        make_dist(venv, "nvidia-cudnn-cu12", {"nvidia/__init__.py": "", "nvidia/cudnn/lib/libcudnn.so.9": "elf",
+                                              "nvidia/cudnn/__init__.py": "X = 1\n"})
+        make_dist(venv, "nvidia_nccl_cu12", {"nvidia/__init__.py": "", "nvidia/nccl/lib/libnccl.so.2": "elf"})
+    if rest:
+        make_dist(venv, "torch", {"torch/__init__.py": "import math\n", "../../../bin/torchrun": "#!/bin/sh\n"})
+        make_dist(venv, "sympy", {"sympy/__init__.py": f"Y = {set('abcdefghijklmnopqrstuvwxyz')!r} & {{'a'}}\n"})
+        (venv / SITE / "loose.py").write_text("# owned by no RECORD\n")
     return venv
 
 
@@ -230,24 +234,14 @@ def test_staging_nvidia_first_then_the_rest_gives_the_trees_of_one_pass(tmp_path
     shutil.rmtree(work)
 
     # The first pip step's venv: the venv's own files and NVIDIA's wheels.
-    (venv / "bin").mkdir(parents=True)
-    (venv / "include").mkdir()
-    os.symlink("lib", venv / "lib64")
-    os.symlink(sys.executable, venv / "bin" / "python")
-    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
-    make_dist(venv, "nvidia-cudnn-cu12", {"nvidia/__init__.py": "", "nvidia/cudnn/lib/libcudnn.so.9": "elf",
-                                          "nvidia/cudnn/__init__.py": "X = 1\n"})
-    make_dist(venv, "nvidia_nccl_cu12", {"nvidia/__init__.py": "", "nvidia/nccl/lib/libnccl.so.2": "elf"})
+    venv = make_venv(work, rest=False)
     make_dist(venv, "pip", {"pip/__init__.py": "V = 1\n"})  # the venv's own, which the first pass leaves
     stage_venv.stage_venv(venv, work / "stage", NVIDIA_LAYERS, (1000, 0), EPOCH, partial=True)
     # What the first pass leaves: the venv without a trace of NVIDIA's wheels, ready for the second step.
     left = sorted(str(p.relative_to(venv)) for p in venv.rglob("*"))
     assert not [p for p in left if "nvidia" in p], left
     assert {"include", "pyvenv.cfg", f"{SITE}/pip/__init__.py"} <= set(left)
-    # The second step's packages, into the same venv.
-    make_dist(venv, "torch", {"torch/__init__.py": "import math\n", "../../../bin/torchrun": "#!/bin/sh\n"})
-    make_dist(venv, "sympy", {"sympy/__init__.py": f"Y = {set('abcdefghijklmnopqrstuvwxyz')!r} & {{'a'}}\n"})
-    (venv / SITE / "loose.py").write_text("# owned by no RECORD\n")
+    make_venv(work, nvidia=False)  # the second step's packages, into the same venv
     stage_venv.stage_venv(venv, work / "stage", LAYERS[2:], (1000, 0), EPOCH)
     assert [tree_digest(work / "stage" / layer.split("=")[0]) for layer in LAYERS] == expected
 
