@@ -46,9 +46,11 @@ def repo_path(path: Path) -> str:
 
 
 def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR,
-                      promise: contract.Manifest | None = None) -> str:
-    """The Dockerfile of one image; `packages` are the variant's extra pip pins (jupyter). `promise`: its
-    image_manifest, when the caller has it already (image_files)."""
+                      promise: contract.Manifest | None = None, split: SplitLock | None = None) -> str:
+    """The Dockerfile of one image; `packages` are the variant's extra pip pins (jupyter). `promise` and `split`:
+    its image_manifest and (runtime) split_lock, when the caller has them already (image_files)."""
+    if spec.kind.is_root and split is None:
+        split = split_lock(spec)
     template = environment(templates_dir).get_template(spec.kind.template)
     text = template.render(
         spec=spec,
@@ -70,7 +72,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         site_packages=site_packages(spec),
         component_layers=spec.layer_plan,
         nvidia_layers=layers.nvidia_layers(spec.layer_plan),
-        nvidia_lock_path=repo_path(split_lock(spec).nvidia_path) if spec.kind.is_root else "",
+        nvidia_lock_path=repo_path(split.nvidia_path) if split else "",
         rest_lock_path=repo_path(spec.rest_lock),
         verify_layer=layers.verify_layer(spec.layer_plan),
         source_date_epoch=layers.SOURCE_DATE_EPOCH,
@@ -244,10 +246,10 @@ class ImageFiles:
 def image_files(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR) -> ImageFiles:
     """Every generated file of one image, for both `--render` and its build context (its manifest made once)."""
     promise = image_manifest(spec)
-    rendered = {spec.dockerfile: render_dockerfile(spec, packages, templates_dir, promise),
+    split = split_lock(spec) if spec.kind.is_root else None
+    rendered = {spec.dockerfile: render_dockerfile(spec, packages, templates_dir, promise, split),
                 spec.manifest: render_manifest(spec, promise), spec.constraints: render_constraints(spec, promise)}
-    if spec.kind.is_root:
-        split = split_lock(spec)
+    if split:
         rendered[split.nvidia_path], rendered[spec.rest_lock] = split.nvidia, split.rest
     # Every variant's bill of materials carries the runtime lock's hashes too.
     copied = tuple(dict.fromkeys((spec.lock, spec.runtime_lock, STAGE_SCRIPT, BUILDER_TOOLS_LOCK)))
