@@ -76,6 +76,9 @@ def parser() -> argparse.ArgumentParser:
                      help="pip in the build downloads its wheels itself. Otherwise they are downloaded once (hashes "
                           "checked) into $PYTORCH_CUDA_WHEEL_CACHE (default ~/.cache/pytorch-cuda/wheels; delete it to "
                           "clear) and served to builds from 127.0.0.1:$PYTORCH_CUDA_WHEEL_CACHE_PORT (38741)")
+    how.add_argument("--cpu-shares", type=int, metavar="N",
+                     help="CPU weight of the builds' RUN steps beside other containers, as docker build's flag "
+                          "(default 1024: lower it to build in the background, raise it to go first)")
     how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
     how.add_argument("--no-alias", action="store_true", help="do not apply the short vX.Y aliases (CI moves them)")
     how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON and exit: one entry per "
@@ -124,6 +127,10 @@ def for_this_host(m: matrix.Matrix, torch: str | None, python: str | None,
     return choice.build
 
 
+# The kernel's bounds for a cgroup's CPU weight (cpu.shares); the engine would clamp a value outside them.
+CPU_SHARES_MIN, CPU_SHARES_MAX = 2, 262144
+
+
 def check_release_flags(args: argparse.Namespace) -> None:
     """--publish, --index and --move-alias are one registry step each, never with a build or a plan."""
     asked = [flag for flag, on in (("--publish", args.publish), ("--index", args.index), ("--move-alias", args.move_alias),
@@ -153,7 +160,7 @@ def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespac
                           f"pytorch_cuda.lock --torch {unlocked.build.torch} --cuda {unlocked.build.cuda}`")
     revision = pipeline.git_revision()
     options = pipeline.BuildOptions(
-        no_cache=args.no_cache, keep_going=args.keep_going, verify=args.verify, move_aliases=not args.no_alias,
+        no_cache=args.no_cache, cpu_shares=args.cpu_shares, keep_going=args.keep_going, verify=args.verify, move_aliases=not args.no_alias,
         push=args.push, bootstrap_base=args.bootstrap_base, debian_mirror=args.debian_mirror,
         index_url=args.index_url, ca_value=ca_value, ca_file=ca_file, templates=args.templates,
         wheel_cache=None if args.no_wheel_cache else wheelcache.cache_dir(), wheel_cache_port=cache_port,
@@ -171,6 +178,9 @@ def run(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.push and not args.registry:
         raise UsageError("--push needs --registry (e.g. --registry ghcr.io/acme)")
+    if args.cpu_shares is not None and not CPU_SHARES_MIN <= args.cpu_shares <= CPU_SHARES_MAX:
+        raise UsageError(f"--cpu-shares {args.cpu_shares}: a weight from {CPU_SHARES_MIN} to {CPU_SHARES_MAX} "
+                         "(1024 is every container's default)")
     check_release_flags(args)
     if args.verbose:  # what the package logs at INFO (e.g. which docker tool makes indexes) shows too
         logging.getLogger("pytorch_cuda").setLevel(logging.INFO)

@@ -61,7 +61,8 @@ class BuildEvents:
 class Engine(Protocol):
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None,
-              events: BuildEvents | None = None, host_network: bool = False) -> str: ...
+              events: BuildEvents | None = None, host_network: bool = False,
+              cpu_shares: int | None = None) -> str: ...
     def reaches_host_loopback(self) -> bool: ...
     def tag(self, image_id: str, references: Iterable[str]) -> None: ...
     def push(self, references: Iterable[str]) -> None: ...
@@ -204,11 +205,14 @@ class DockerEngine:
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None,
-              events: BuildEvents | None = None, host_network: bool = False) -> str:
+              events: BuildEvents | None = None, host_network: bool = False,
+              cpu_shares: int | None = None) -> str:
         """Build and return the image ID; the image is left untagged (tagging is the caller's step).
 
         `host_network`: RUN steps share the host's network (the wheel cache serves on its loopback);
-        the network a step ran on is not part of the layer cache's key."""
+        the network a step ran on is not part of the layer cache's key. `cpu_shares`: the RUN steps'
+        CPU weight beside other containers (docker build --cpu-shares; the engine's default is 1024);
+        like the network, not part of the cache's key."""
         events = events or BuildEvents()
         tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
         step, image_id = "", None
@@ -219,6 +223,7 @@ class DockerEngine:
                 forcerm=True,  # no stopped containers left behind by a failed step
                 pull=False, labels=labels or {}, decode=True,
                 network_mode="host" if host_network else None,
+                container_limits={"cpushares": cpu_shares} if cpu_shares else None,
             )
             for chunk in stream:
                 if "error" in chunk:

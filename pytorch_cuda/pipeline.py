@@ -36,6 +36,7 @@ _ARG = re.compile(r"^ARG ([A-Za-z_][A-Za-z0-9_]*)", re.M)
 @dataclass(frozen=True)
 class BuildOptions:
     no_cache: bool = False
+    cpu_shares: int | None = None  # the RUN steps' CPU weight (docker build --cpu-shares); None: the engine's
     keep_going: bool = False
     verify: bool = False
     move_aliases: bool = True
@@ -141,7 +142,7 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
             args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
         content_id = engine.build(
             spec.tag, make_context(files.context()), files.dockerfile_path,
-            args, nocache=options.no_cache, host_network=cached,
+            args, nocache=options.no_cache, host_network=cached, cpu_shares=options.cpu_shares,
             events=BuildEvents(on_step=progress.step, on_line=progress.line),
         )
     except wheelcache.WheelCacheError as err:

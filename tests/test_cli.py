@@ -30,6 +30,8 @@ def test_dry_run_prints_the_plan_without_docker(real_matrix):
     (["--cuda", "12.1", "--python", "2.7"], "Python 2.7"),
     ([], "say what to build"),
     (["--cuda", "12.1", "--push"], "--push needs --registry"),
+    (["--cuda", "12.1", "--cpu-shares", "1"], "--cpu-shares 1: a weight from 2 to 262144"),
+    (["--cuda", "12.1", "--cpu-shares", "many"], "argument --cpu-shares: invalid int value: 'many'"),
     (["--cuda", "12.1", "--ca-cert", "/nonexistent.pem"], "--ca-cert /nonexistent.pem: no such file"),
     (["--cuda", "12.1", "--variant", "desktop"], "invalid choice: 'desktop'"),
     (["--cuda", "13.0", "--platform", "linux/riscv64"],

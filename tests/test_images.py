@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import subprocess
 import sys
+import tarfile
 
 import docker.errors
 import pytest
 
 from pytorch_cuda import ca, lockfile
+from pytorch_cuda.engine import BuildEvents, DockerEngine
 from verify.packages import canonical
 
 from .dockerutil import (
@@ -169,6 +172,31 @@ def test_failing_step_leaves_no_tag(built, docker_client, builds_here):
     assert error.endswith("its command exited with code 1") and len(error) < 300, error
     assert "127.0.0.1" in "\n".join(line for line in result.stderr.splitlines() if line.startswith("    | "))
     assert not [name for name in image_names(docker_client) if name.startswith(registry)]
+
+
+# What a RUN step's cgroup says of its CPU weight when the build is given --cpu-shares 3072: cgroup v1's
+# cpu.shares as given, or cgroup v2's cpu.weight that runc maps it to (1 + (shares - 2) * 9999 / 262142).
+WEIGHT_SEEN = {"cpu.shares": "3072", "cpu.weight": "118"}
+
+
+def test_a_build_given_cpu_shares_runs_its_steps_with_that_weight(built, docker_client):
+    """Read in the RUN step's own cgroup, not taken from what we asked for."""
+    dockerfile = (f"FROM {built['runtime'].tag}\n"
+                  "RUN for f in /sys/fs/cgroup/cpu/cpu.shares /sys/fs/cgroup/cpu.weight; do "
+                  "[ -r $f ] && echo \"weight-seen $(basename $f) $(cat $f)\"; done; true\n").encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    lines: list[str] = []
+    context.seek(0)
+    image_id = DockerEngine(docker_client).build("pytorch-cuda-test/cpu-shares", context, "Dockerfile", {},
+                                                 nocache=True, cpu_shares=3072,
+                                                 events=BuildEvents(on_line=lines.append))
+    docker_client.images.remove(image_id)
+    [seen] = [line.split()[1:] for line in lines if line.startswith("weight-seen ")]
+    assert WEIGHT_SEEN[seen[0]] == seen[1], seen
 
 
 def test_wheels_the_cache_cannot_fetch_fail_the_image_in_one_line_before_any_step(built, docker_client, tmp_path,

@@ -32,6 +32,7 @@ class FakeEngine:
     relabelled: list[dict] = field(default_factory=list)
     loopback: bool = True  # whether its builds reach this host's 127.0.0.1
     build_calls: dict[str, tuple[dict[str, str], bool]] = field(default_factory=dict)  # tag -> (args, host net)
+    build_cpu_shares: dict[str, int | None] = field(default_factory=dict)  # tag -> the weight its build was given
     build_labels: dict[str, dict[str, str]] = field(default_factory=dict)  # tag -> labels given to its build
     contexts: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # tag -> (its build context, Dockerfile path)
     # The registry: name (or repository@digest) -> (platforms, is an index), as create_index and push leave it.
@@ -43,9 +44,10 @@ class FakeEngine:
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None,
-              host_network: bool = False) -> str:
+              host_network: bool = False, cpu_shares: int | None = None) -> str:
         assert context.read(1), "an empty build context"
         self.built.append(tag)
+        self.build_cpu_shares[tag] = cpu_shares
         self.build_calls[tag] = (dict(buildargs), host_network)
         self.build_labels[tag] = dict(labels or {})
         self.contexts[tag] = (context.getvalue(), dockerfile_path)
@@ -214,6 +216,15 @@ def test_no_alias_when_ci_moves_them_later(m):
     engine = FakeEngine()
     build(engine, m, specs(m), move_aliases=False)
     assert set(engine.tags) == {RUNTIME, JUPYTER, SSH}
+
+
+def test_every_build_gets_the_cpu_weight_asked_for_and_none_by_default(m):
+    engine = FakeEngine()
+    build(engine, m, specs(m), cpu_shares=4096)
+    assert engine.build_cpu_shares == {RUNTIME: 4096, JUPYTER: 4096, SSH: 4096}
+    engine = FakeEngine()
+    build(engine, m, specs(m))
+    assert set(engine.build_cpu_shares.values()) == {None}  # the engine's own default, not a number of ours
 
 
 def test_an_older_patch_never_gets_the_short_alias(m):
