@@ -243,17 +243,40 @@ def test_the_image_holds_exactly_its_lock(built, docker_client, containers):
     assert labels["io.pytorch-cuda.lock-digest"] == lockfile.digest(spec.lock)
 
 
+# The --no-cache rebuild starts from its own copy of the base image: the same layer under another image ID
+# (one label more). The classic builder takes the newest image that matches a step as that step's cache,
+# and the builder stage's first steps are the same for every tag, CUDA line and platform; a --no-cache chain
+# from the shared base became the cache of every build that ran beside it (in a cold run the CUDA 13.0
+# builder stages were rebuilt on it, three times 6 GB, and the disk filled).
+REPRO_BASE = "pytorch-cuda-test/repro-base:bookworm-slim"
+REPRO_BASE_LABEL = "io.pytorch-cuda.test.copy-of"
+
+
+def _base_copy(docker_client, base: str) -> str:
+    dockerfile = f"FROM {base}\nLABEL {REPRO_BASE_LABEL}={base}\n".encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    docker_client.images.build(fileobj=context, custom_context=True, tag=REPRO_BASE, pull=False, rm=True)
+    return REPRO_BASE
+
+
 @pytest.mark.release
 def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_client, containers, builds_here):
     """Reproducible: the same tag built again from nothing installs the same packages."""
     registry = "pytorch-cuda-repro.invalid"
     spec = built["runtime"]
     again = f"{registry}/{spec.tag}"
+    base = _base_copy(docker_client, spec.base_image)
     # the second builder stage (about 5 GB) goes after
     with one_build_at_a_time(spec.build.cuda), removing_leftovers_of_builds(docker_client) as leftovers:
         try:
             result = build_py("--torch", spec.build.torch, "--cuda", spec.build.cuda, "--variant", "runtime",
-                              "--no-cache", "--no-alias", "--registry", registry, "--verbose", timeout=2400)
+                              "--base", base, "--no-cache", "--no-alias", "--registry", registry, "--verbose",
+                              timeout=2400)
             leftovers.saw(result.stdout + result.stderr)
             assert result.returncode == 0, build_failure(result)
             # The wheel cache served every wheel: pip's download into it found each file there.
@@ -261,7 +284,13 @@ def test_rebuild_without_cache_gives_the_same_packages_and_labels(built, docker_
             assert any(f"{spec.directory.name}/runtime.lock (amd64): " in line and " 0 downloaded" in line
                        for line in said), said
             assert _freeze(containers, again) == _freeze(containers, spec.tag)
-            assert docker_client.images.get(again).labels == docker_client.images.get(spec.tag).labels
+            # The same labels, but for the base's name (and the copy's own label, inherited).
+            labels = dict(docker_client.images.get(again).labels)
+            assert labels.pop(REPRO_BASE_LABEL) == spec.base_image
+            assert labels.pop("org.opencontainers.image.base.name") == base
+            first_labels = dict(docker_client.images.get(spec.tag).labels)
+            assert first_labels.pop("org.opencontainers.image.base.name") == spec.base_image
+            assert labels == first_labels
             # Deterministic layers: the base, every component layer of the plan and the verify
             # layer come out byte for byte the same (same diffIDs); Debian's packages above them
             # are installed anew and may differ.
