@@ -322,10 +322,9 @@ def remove_kept_registry(client: docker.DockerClient, run: str) -> None:
             box.remove(force=True)
 
 
-# Names the CUDA 13.0 images get for their pushes (tests/cuda13/conftest.py: both platforms, and amd64 ahead),
-# used by two workers at once: removed when the run ends, not when one of them does. The images stay, by their
-# plain tags.
-PUSHED_NAME = re.compile(r"^127\.0\.0\.1:\d+/cuda13(-amd64)?/pytorch-cuda:")
+# Names the CUDA 13.0 images get for their push (tests/cuda13/conftest.py), used by two workers at once: removed
+# when the run ends, not when one of them does. The images stay, by their plain tags.
+PUSHED_NAME = re.compile(r"^127\.0\.0\.1:\d+/cuda13/pytorch-cuda:")
 
 
 def remove_pushed_names(client: docker.DockerClient) -> None:

@@ -25,8 +25,6 @@ VARIANT_ARGS = tuple(arg for variant in plan.VARIANTS for arg in ("--variant", v
 # amd64 builds and checks that share the 2 cores with it, which have time to spare. Its build steps go first
 # (4x the CPU weight of every other container); a warm run finds them all in the layer cache.
 ARM64_CPU_SHARES = 4096
-# Where the amd64 images go first (the run's registry, a repository of their own): see push_amd64_ahead.
-AMD64_AHEAD = "cuda13-amd64"
 
 
 def qemu_aarch64_missing() -> str:
@@ -52,16 +50,6 @@ def build_platform(platform: str, *extra: str) -> str:
     return result.stdout
 
 
-def push_amd64_ahead(address: str) -> None:
-    """Push the amd64 images as soon as they are built, beside the arm64 builds: the two-platform push at the
-    end of the emulated arm64 chain (a cold run's longest) then mounts their layers from this repository
-    instead of compressing another 6 GB on that path. A warm run finds every layer there."""
-    with hostlock.held(f"tests-push-cuda{CUDA}-amd64"):
-        result = build_py("--cuda", CUDA, "--platform", matrix.AMD64, *VARIANT_ARGS, "--no-alias",
-                          "--registry", f"{address}/{AMD64_AHEAD}", "--push", timeout=5400)
-    assert result.returncode == 0, build_failure(result)
-
-
 def specs_of(real_matrix: matrix.Matrix, platforms: tuple[str, ...], registry: str | None = None
              ) -> dict[tuple[str, str], plan.ImageSpec]:
     build = real_matrix.resolve(cuda=CUDA)
@@ -71,11 +59,9 @@ def specs_of(real_matrix: matrix.Matrix, platforms: tuple[str, ...], registry: s
 
 
 @pytest.fixture(scope="session")
-def cuda13_amd64(docker_client, real_matrix, registry) -> dict[str, plan.ImageSpec]:
-    """variant -> spec of the four amd64 images of the CUDA 13.0 line (and pushed ahead, where arm64 follows)."""
+def cuda13_amd64(docker_client, real_matrix) -> dict[str, plan.ImageSpec]:
+    """variant -> spec of the four amd64 images of the CUDA 13.0 line."""
     build_platform(matrix.AMD64)
-    if not qemu_aarch64_missing():
-        push_amd64_ahead(registry[0])
     return {variant: spec for (_, variant), spec in specs_of(real_matrix, (matrix.AMD64,)).items()}
 
 
@@ -93,7 +79,6 @@ def cuda13(docker_client, real_matrix, registry) -> Iterator[dict]:
     prefix = f"{address}/cuda13"
     build_platform(matrix.ARM64, "--cpu-shares", str(ARM64_CPU_SHARES))
     build_platform(matrix.AMD64)  # built by test_devel's worker meanwhile, or now
-    push_amd64_ahead(address)  # pushed by it too, or now: the push below mounts its layers
     started = time.monotonic()
     with hostlock.held(f"tests-push-cuda{CUDA}"):  # both arm64 workers push; the second finds every blob there
         result = build_py("--cuda", CUDA, "--platform", ",".join(matrix.PLATFORMS), *VARIANT_ARGS, "--no-alias",
