@@ -21,10 +21,6 @@ from ..dockerutil import build_failure, build_py
 CUDA = "13.0"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 VARIANT_ARGS = tuple(arg for variant in plan.VARIANTS for arg in ("--variant", variant))
-# A cold run's critical path is the arm64 chain: its RUN steps run under QEMU, several times slower than the
-# amd64 builds and checks that share the 2 cores with it, which have time to spare. Its build steps go first
-# (4x the CPU weight of every other container); a warm run finds them all in the layer cache.
-ARM64_CPU_SHARES = 4096
 
 
 def qemu_aarch64_missing() -> str:
@@ -77,7 +73,7 @@ def cuda13(docker_client, real_matrix, registry) -> Iterator[dict]:
         return
     address, url, _ = registry
     prefix = f"{address}/cuda13"
-    build_platform(matrix.ARM64, "--cpu-shares", str(ARM64_CPU_SHARES))
+    build_platform(matrix.ARM64)
     build_platform(matrix.AMD64)  # built by test_devel's worker meanwhile, or now
     started = time.monotonic()
     with hostlock.held(f"tests-push-cuda{CUDA}"):  # both arm64 workers push; the second finds every blob there
