@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import re
 import subprocess
 import sys
-import tarfile
 
 import docker.errors
 import pytest
@@ -21,6 +19,7 @@ from .dockerutil import (
     TrackedContainers,
     build_failure,
     build_py,
+    dockerfile_context,
     free_port,
     image_names,
     one_build_at_a_time,
@@ -181,16 +180,10 @@ WEIGHT_SEEN = {"cpu.shares": "3072", "cpu.weight": "118"}
 
 def test_a_build_given_cpu_shares_runs_its_steps_with_that_weight(built, docker_client):
     """Read in the RUN step's own cgroup, not taken from what we asked for."""
-    dockerfile = (f"FROM {built['runtime'].tag}\n"
-                  "RUN for f in /sys/fs/cgroup/cpu/cpu.shares /sys/fs/cgroup/cpu.weight; do "
-                  "[ -r $f ] && echo \"weight-seen $(basename $f) $(cat $f)\"; done; true\n").encode()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
+    context = dockerfile_context(f"FROM {built['runtime'].tag}\n"
+                                 "RUN for f in /sys/fs/cgroup/cpu/cpu.shares /sys/fs/cgroup/cpu.weight; do "
+                                 "[ -r $f ] && echo \"weight-seen $(basename $f) $(cat $f)\"; done; true\n")
     lines: list[str] = []
-    context.seek(0)
     image_id = DockerEngine(docker_client).build("pytorch-cuda-test/cpu-shares", context, "Dockerfile", {},
                                                  nocache=True, cpu_shares=3072,
                                                  events=BuildEvents(on_line=lines.append))
@@ -253,14 +246,8 @@ REPRO_BASE_LABEL = "io.pytorch-cuda.test.copy-of"
 
 
 def _base_copy(docker_client, base: str) -> str:
-    dockerfile = f"FROM {base}\nLABEL {REPRO_BASE_LABEL}={base}\n".encode()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
-    docker_client.images.build(fileobj=context, custom_context=True, tag=REPRO_BASE, pull=False, rm=True)
+    docker_client.images.build(fileobj=dockerfile_context(f"FROM {base}\nLABEL {REPRO_BASE_LABEL}={base}\n"),
+                               custom_context=True, tag=REPRO_BASE, pull=False, rm=True)
     return REPRO_BASE
 
 

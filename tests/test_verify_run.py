@@ -22,9 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "verify_fixtures"
 EVERY_CHECK = ["environment", "driver", "health", "cuda", "cudnn", "nccl", "shm", "autograd", "compile", "toolchain",
                "train", "perf"]
-# Measured on a busy 2-core CPU host: ~11 s, ~23 s with a cold Inductor cache. A GPU host adds a cold
-# Triton compile and NCCL ranks spawned per GPU (each importing torch): allow minutes there.
-FULL_RUN_LIMIT_S = 300 if torch.cuda.is_available() else 60
 
 
 def run_verify(tmp_path: Path, *args: str, fault: Optional[str] = None, timeout: float = 300,
@@ -65,8 +62,9 @@ def test_full_run_exits_0_and_reports_every_check(full_run):
     assert done.returncode == 0, done.stdout + done.stderr
     assert list(checks(data)) == EVERY_CHECK
     assert data["summary"]["exit_code"] == 0 and data["summary"]["failed"] == 0
+    # Its time is printed, not asserted: a wall-time bound fails on a busy machine, not on a slow verify (116.8 s
+    # beside a CI run's image checks on 2 cores, against 11 s alone). run_verify's timeout catches a hang.
     print(f"full verify run: {elapsed:.1f} s wall")
-    assert elapsed < FULL_RUN_LIMIT_S, f"a full run took {elapsed:.1f} s"
 
 
 def test_full_run_prints_a_table_and_a_summary(full_run):

@@ -4,8 +4,6 @@ the kernels run only where one is (`gpu` marker).
 """
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from pytorch_cuda.engine import BuildEvents, DockerEngine
 from pytorch_cuda.errors import BuildFailed
 
 from ..clients import have_gpu
-from ..dockerutil import removing_leftovers_of_builds, unique
+from ..dockerutil import dockerfile_context, removing_leftovers_of_builds, unique
 
 pytestmark = pytest.mark.docker
 
@@ -120,12 +118,7 @@ def test_a_compiler_of_another_cuda_fails_the_build(devel, docker_client):
                   "RUN printf '#!/bin/sh\\necho \"Cuda compilation tools, release 12.9, V12.9.86\"\\n' "
                   "> \"$CUDA_HOME/bin/nvcc\"\n"
                   "RUN verify --quiet --only toolchain\n")
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile.encode())
-        tar.addfile(info, io.BytesIO(dockerfile.encode()))
-    context.seek(0)
+    context = dockerfile_context(dockerfile)
     with removing_leftovers_of_builds(docker_client) as leftovers, pytest.raises(BuildFailed) as failed:
         DockerEngine(docker_client).build(f"pytorch-cuda-mismatch:{unique('t')}", context, "Dockerfile", {},
                                           events=BuildEvents(on_line=leftovers.saw))
