@@ -442,14 +442,20 @@ class DockerEngine:
 
     def relabel(self, image_id: str, labels: dict[str, str]) -> str:
         """The same image with more labels: a metadata-only build step (no layer), cached like any other."""
-        dockerfile = f"FROM {image_id}\n".encode()
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            info = tarfile.TarInfo("Dockerfile")
-            info.size = len(dockerfile)
-            tar.addfile(info, io.BytesIO(dockerfile))
-        context.seek(0)
-        return self.build(f"labels of {image_id[:19]}", context, "Dockerfile", {}, labels=labels)
+        return self.build(f"labels of {image_id[:19]}", dockerfile_context(f"FROM {image_id}\n"), "Dockerfile", {},
+                          labels=labels)
+
+
+def dockerfile_context(dockerfile: str) -> io.BytesIO:
+    """A build context that holds only this Dockerfile (as `Dockerfile`), read from its start."""
+    data = dockerfile.encode()
+    context = io.BytesIO()
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    context.seek(0)
+    return context
 
 
 def connect(timeout: int = 600) -> DockerEngine:

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from pathlib import Path
@@ -182,18 +180,6 @@ def removing_leftovers_of_builds(client: docker.DockerClient) -> Iterator[BuildL
         yield leftovers
     finally:
         leftovers.remove()
-
-
-def dockerfile_context(dockerfile: str) -> io.BytesIO:
-    """A build context that holds only this Dockerfile (as `Dockerfile`), read from its start."""
-    data = dockerfile.encode()
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    context.seek(0)
-    return context
 
 
 def one_build_at_a_time(cuda: str) -> contextlib.AbstractContextManager[None]:

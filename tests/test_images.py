@@ -11,7 +11,7 @@ import docker.errors
 import pytest
 
 from pytorch_cuda import ca, lockfile
-from pytorch_cuda.engine import BuildEvents, DockerEngine
+from pytorch_cuda.engine import BuildEvents, DockerEngine, dockerfile_context
 from verify.packages import canonical
 
 from .dockerutil import (
@@ -19,7 +19,6 @@ from .dockerutil import (
     TrackedContainers,
     build_failure,
     build_py,
-    dockerfile_context,
     free_port,
     image_names,
     one_build_at_a_time,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from pytorch_cuda import plan
-from pytorch_cuda.engine import BuildEvents, DockerEngine
+from pytorch_cuda.engine import BuildEvents, DockerEngine, dockerfile_context
 from pytorch_cuda.errors import BuildFailed
 
 from ..clients import have_gpu
-from ..dockerutil import dockerfile_context, removing_leftovers_of_builds, unique
+from ..dockerutil import removing_leftovers_of_builds, unique
 
 pytestmark = pytest.mark.docker
 
