@@ -156,7 +156,9 @@ class BuildLeftovers:
 
     def __init__(self, client: docker.DockerClient) -> None:
         self.client = client
-        self.before = {image.id for image in client.images.list(all=True)}
+        # One listing of IDs: images.list() inspects each image it lists, and fails on one another worker
+        # removed in between (a warm run's failure, 2026-12-07).
+        self.before = set(client.api.images(all=True, quiet=True))
         self.ids: list[str] = []
 
     def saw(self, text: str) -> None:
