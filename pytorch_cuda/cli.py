@@ -78,7 +78,8 @@ def parser() -> argparse.ArgumentParser:
                           "clear) and served to builds from 127.0.0.1:$PYTORCH_CUDA_WHEEL_CACHE_PORT (38741)")
     how.add_argument("--cpu-shares", type=int, metavar="N",
                      help="CPU weight of the builds' RUN steps beside other containers, as docker build's flag "
-                          "(default 1024: lower it to build in the background, raise it to go first)")
+                          "(default 1024; lower it to build in the background). It orders containers only: the "
+                          "daemon's own work (layer commits, pushes) is outside it")
     how.add_argument("--keep-going", action="store_true", help="after a failed image, build the rest")
     how.add_argument("--no-alias", action="store_true", help="do not apply the short vX.Y aliases (CI moves them)")
     how.add_argument("--ci-matrix", action="store_true", help="print the GitHub Actions strategy.matrix JSON and exit: one entry per "
@@ -160,8 +161,8 @@ def build(m: matrix.Matrix, specs: list[plan.ImageSpec], args: argparse.Namespac
                           f"pytorch_cuda.lock --torch {unlocked.build.torch} --cuda {unlocked.build.cuda}`")
     revision = pipeline.git_revision()
     options = pipeline.BuildOptions(
-        no_cache=args.no_cache, cpu_shares=args.cpu_shares, keep_going=args.keep_going, verify=args.verify, move_aliases=not args.no_alias,
-        push=args.push, bootstrap_base=args.bootstrap_base, debian_mirror=args.debian_mirror,
+        no_cache=args.no_cache, cpu_shares=args.cpu_shares, keep_going=args.keep_going, verify=args.verify,
+        move_aliases=not args.no_alias, push=args.push, bootstrap_base=args.bootstrap_base, debian_mirror=args.debian_mirror,
         index_url=args.index_url, ca_value=ca_value, ca_file=ca_file, templates=args.templates,
         wheel_cache=None if args.no_wheel_cache else wheelcache.cache_dir(), wheel_cache_port=cache_port,
         labels={"org.opencontainers.image.revision": revision} if revision else {})
