@@ -62,6 +62,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         home=IMAGE_HOME,
         image_user=IMAGE_USER_SPEC,
         image_etc=contract.IMAGE_ETC,
+        system_removed=f"{contract.IMAGE_ETC}/system-removed.list",
         dockerfile_path=repo_path(spec.dockerfile),
         constraints_path=repo_path(spec.constraints),
         manifest_path=repo_path(spec.manifest),

@@ -61,8 +61,14 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     for lock in ("/tmp/nvidia.lock", "/tmp/requirements.lock"):
         assert f"--require-hashes \\\n        --no-deps \\\n        -r \\\n        {lock};" in text
     stages = re.findall(r"^FROM (.+)$", text, re.M)
-    assert stages == ["${BUILDER_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE}"]
+    assert stages == ["${BUILDER_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE} AS system", "${BASE_IMAGE}"]
     builder, final = text.split("\nFROM ${BASE_IMAGE}\n")
+    builder, system = builder.split("\nFROM ${BASE_IMAGE} AS system\n")
+    # Debian's packages and the user come from a stage on the base alone: its text names no lock, no wheel
+    # and no tag, so every tag of a base shares it (the second tag's build finds it in the layer cache).
+    assert "lock" not in system and "2.4.1" not in system and "ARG" not in system
+    for package in ("gcc", "g++", "python3-dev"):
+        assert package in system  # torch.compile needs a compiler and Python.h
     # The CA reaches only the builder stage.
     assert "ARG PIP_CA_CERT" in builder and "PIP_CA_CERT" not in final
     # pip compiles nothing; the staging script lays the venv out as the plan's layers, in order,
@@ -78,13 +84,12 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     assert nvidia == plan_names[:-3] and all(re.match(r"\d\d-nvidia-", name) for name in nvidia), nvidia
     copies = re.findall(r"^COPY --from=(\S+) /stage/(\S+)/ /$", final, re.M)
     assert copies == [("builder", name) for name in plan_names] + [("verify-layer", f"{len(plan_names) + 1:02d}-verify")]
-    assert final.index("COPY --from=verify-layer") < final.index("apt-get")
+    assert final.index("COPY --from=verify-layer") < final.index("COPY --from=system /system/ /")
+    assert "apt-get" not in final  # the system stage ran it; its tree sits above the component layers
     assert "/opt/" not in re.sub(r"(?m)^(#|ENV|    |RUN /opt/venv/bin/python -m verify.sbom).*$", "", final)  # no tree copied twice
     assert re.search(r"^USER 1000:0$", final, re.M)  # numeric: runAsNonRoot can check it
     assert 'NVIDIA_REQUIRE_CUDA="cuda>=12.0"' in final  # the CUDA 12 floor, not 12.1's own driver
     assert "NVIDIA_VISIBLE_DEVICES=all" in final and "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in final
-    for package in ("gcc", "g++", "python3-dev"):
-        assert package in final  # torch.compile needs a compiler and Python.h
     assert "--mount" not in text and "# syntax" not in text  # classic builder only
 
 
