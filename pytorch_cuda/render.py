@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import jinja2
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
+# Where the runtime's system stage lists the paths its step removed, for the final stage to remove.
+SYSTEM_REMOVED = f"{contract.IMAGE_ETC}/system-removed.list"
 # Lays the runtime's venv out as component layers inside the builder stage (a build context file).
 STAGE_SCRIPT = REPO_ROOT / "pytorch_cuda" / "stage_venv.py"
 # uv for builder stages that lay out another architecture's wheels (python -m pytorch_cuda.lock writes it).
@@ -62,7 +64,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         home=IMAGE_HOME,
         image_user=IMAGE_USER_SPEC,
         image_etc=contract.IMAGE_ETC,
-        system_removed=f"{contract.IMAGE_ETC}/system-removed.list",
+        system_removed=SYSTEM_REMOVED,
         dockerfile_path=repo_path(spec.dockerfile),
         constraints_path=repo_path(spec.constraints),
         manifest_path=repo_path(spec.manifest),

@@ -14,7 +14,7 @@ from .dockerutil import unique
 pytestmark = pytest.mark.docker
 
 BASE = "debian:bookworm-slim"
-REMOVED = "/etc/pytorch-cuda/system-removed.list"
+REMOVED = render.SYSTEM_REMOVED
 # A step as the system stage's: it removes a file of the base, changes one, adds a file and a
 # group-writable setgid directory owned by another uid.
 STEP = ("rm /etc/debian_version && echo changed > /etc/issue && echo new > /etc/added "
