@@ -34,6 +34,7 @@ import docker  # noqa: E402
 
 from benchmarks.figures import print_figures  # noqa: E402
 from pytorch_cuda import matrix, plan  # noqa: E402
+from pytorch_cuda.engine import dockerfile_context  # noqa: E402
 
 BENCH_REGISTRY = "bench.invalid/pytorch-cuda-bench"
 
@@ -106,9 +107,8 @@ def bench_base(client: docker.DockerClient, base_image: str) -> str:
     """A base image of this run's own (the base plus a label), so the builds below find no layer cache of
     this machine's earlier builds: only what the cold build leaves, as on a machine that built one tag."""
     tag = f"{BENCH_REGISTRY}/base:{time.time_ns()}"
-    with tempfile.TemporaryDirectory(prefix="bench-base-") as tmp:
-        (Path(tmp) / "Dockerfile").write_text(f"FROM {base_image}\nLABEL io.pytorch-cuda.bench={tag.rsplit(':', 1)[1]}\n")
-        client.images.build(path=tmp, tag=tag, rm=True)
+    dockerfile = f"FROM {base_image}\nLABEL io.pytorch-cuda.bench={tag.rsplit(':', 1)[1]}\n"
+    client.images.build(fileobj=dockerfile_context(dockerfile), custom_context=True, tag=tag, rm=True)
     return tag
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from typing import Any, Iterator
 import pytest
 
 from pytorch_cuda import baseimage, hostlock
-from pytorch_cuda.engine import BuildEvents, DockerEngine
+from pytorch_cuda.engine import BuildEvents, DockerEngine, dockerfile_context
 from pytorch_cuda.errors import BaseImageError, BuildFailed
 
 from .clients import wait_for_jupyter
@@ -57,16 +56,6 @@ def podman_healthcheck(reference: str) -> Any:
     """An image's healthcheck as Podman itself reports it: its compatible inspect omits it, and its own has
     it beside the (OCI-shaped) Config, which has no field for it."""
     return json.loads(podman("image", "inspect", reference).stdout)[0].get("Healthcheck")
-
-
-def context_of(dockerfile: str) -> io.BytesIO:
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile.encode())
-        tar.addfile(info, io.BytesIO(dockerfile.encode()))
-    context.seek(0)
-    return context
 
 
 class Leftovers(BuildLeftovers):
@@ -202,10 +191,10 @@ def test_a_build_keeps_its_healthcheck_and_so_does_one_built_on_it(under_test):
         try:
             events = BuildEvents(on_step=lambda n, total, text: steps.append((n, total, text)), on_line=leftovers.saw)
             parent = under_test.engine.build(
-                tag, context_of(f"FROM {BASE}\nHEALTHCHECK --interval=30s CMD true\nRUN echo built > /built\n"),
+                tag, dockerfile_context(f"FROM {BASE}\nHEALTHCHECK --interval=30s CMD true\nRUN echo built > /built\n"),
                 "Dockerfile", {}, labels={"io.pytorch-cuda.test": "healthcheck"}, events=events)
             under_test.engine.tag(parent, [f"{tag}-parent"])
-            child = under_test.engine.build(tag, context_of(f"FROM {tag}-parent\nRUN true\n"), "Dockerfile", {},
+            child = under_test.engine.build(tag, dockerfile_context(f"FROM {tag}-parent\nRUN true\n"), "Dockerfile", {},
                                             events=events)
             under_test.engine.tag(child, [tag])
             # Every step was seen by the progress display (Podman adds one for the API's labels).
@@ -236,7 +225,7 @@ def test_a_failed_step_is_named_by_number_and_instruction(under_test, script, pr
     dockerfile = f"FROM {BASE}\nRUN echo first\nRUN set -e; \\\n    {script}\nRUN echo never\n"
     tag = f"pytorch-cuda-test/failing:{unique('t')}"
     with leftovers_of_builds(under_test.client) as leftovers, pytest.raises(BuildFailed) as failed:
-        under_test.engine.build(tag, context_of(dockerfile), "Dockerfile", {}, events=BuildEvents(on_line=leftovers.saw))
+        under_test.engine.build(tag, dockerfile_context(dockerfile), "Dockerfile", {}, events=BuildEvents(on_line=leftovers.saw))
     instruction = " ".join(f"RUN set -e; {script}".split())
     assert str(failed.value) == f"build of {tag} failed at step 3/4 ({instruction[:60]}): {told}"
     assert failed.value.step == f"step 3/4 ({instruction[:60]})"
@@ -269,7 +258,7 @@ def test_a_host_network_build_reaches_this_hosts_loopback(under_test):
         with leftovers_of_builds(under_test.client) as leftovers:
             lines: list[str] = []
             events = BuildEvents(on_line=lambda line: (lines.append(line), leftovers.saw(line)))
-            under_test.engine.build(unique("pytorch-cuda-test/loopback"), context_of(dockerfile), "Dockerfile", {},
+            under_test.engine.build(unique("pytorch-cuda-test/loopback"), dockerfile_context(dockerfile), "Dockerfile", {},
                                     nocache=True, host_network=True, events=events)
     finally:
         server.shutdown()
@@ -324,7 +313,7 @@ def test_an_image_docker_built_keeps_its_healthcheck_in_podman(docker_client, po
     a Docker-format image, its HEALTHCHECK kept."""
     tag = f"pytorch-cuda-test/docker-built:{unique('t')}"
     with leftovers_of_builds(docker_client) as leftovers:
-        image = DockerEngine(docker_client).build(tag, context_of(f"FROM {BASE}\nHEALTHCHECK CMD true\n"), "Dockerfile", {},
+        image = DockerEngine(docker_client).build(tag, dockerfile_context(f"FROM {BASE}\nHEALTHCHECK CMD true\n"), "Dockerfile", {},
                                                   events=BuildEvents(on_line=leftovers.saw))
         docker_client.api.tag(image, *tag.split(":"))
         try:

@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import json
-import tarfile
 import threading
 
 import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from pytorch_cuda.engine import BuildEvents, DockerEngine
+from pytorch_cuda.engine import BuildEvents, DockerEngine, dockerfile_context
 from verify import sbom
 
 from .dockerutil import build_py, removing_leftovers_of_builds, unique
@@ -132,12 +130,7 @@ def test_an_old_openssl_is_found_and_named(built, docker_client, osv_without_fin
     dockerfile = (f"FROM {built['runtime'].tag}\nUSER root\n"
                   "RUN apt-get update && apt-get install -y --allow-downgrades 'libssl3/bookworm' "
                   "&& rm -rf /var/lib/apt/lists/*\n")
-    context = io.BytesIO()
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile.encode())
-        tar.addfile(info, io.BytesIO(dockerfile.encode()))
-    context.seek(0)
+    context = dockerfile_context(dockerfile)
     tag = f"pytorch-cuda-old-openssl:{unique('t')}"
     engine = DockerEngine(docker_client)
     with removing_leftovers_of_builds(docker_client) as leftovers:
