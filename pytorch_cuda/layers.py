@@ -4,9 +4,15 @@ Pure: matrix and lock pins in, an ordered tuple of layers out. The builder stage
 as its own tree (pytorch_cuda/stage_venv.py) and the final stage copies the trees in this order, so a
 node that holds one tag pulls only the layers another tag changes.
 
-Order, most stable first: NVIDIA's libraries, then triton, then torch and its domain libraries, then
-every other package (and the venv itself), then the verify suite. A pull reuses a layer only when
-every layer under it is the same too, so what changes least sits at the bottom.
+Order, most stable first: NVIDIA's libraries, then triton, then every other package torch and its
+domain libraries need, then the venv itself with pip, then torch and its domain libraries, then the
+verify suite. A pull reuses a layer only when every layer under it is the same too, so what changes
+least sits at the bottom: two releases of one torch line (2.4.0, 2.4.1) pin the same NVIDIA wheels,
+triton and other packages, and differ in torch alone.
+
+The builder installs the wheels in three pip steps, the layers of each step staged before the next
+(`pip_steps`), so that Docker's layer cache shares the first two between such tags: NVIDIA's wheels,
+then triton and the other packages, then torch with pip and the venv's own files.
 """
 from __future__ import annotations
 
@@ -24,7 +30,10 @@ SOURCE_DATE_EPOCH = 1767225600
 
 TRITON = ("triton", "pytorch-triton")
 TORCH = ("torch", "torchvision", "torchaudio")
-REST = "*"  # the packages no other layer names, the venv's own files and anything unowned
+# pip installs the last step's wheels from inside the venv, so it stays there until then: it goes with
+# the venv's own files, not with the packages the second step stages.
+PIP = "pip"
+REST = "*"  # the packages no other layer names (pip), the venv's own files and anything unowned
 
 
 @dataclass(frozen=True)
@@ -80,16 +89,24 @@ def component_layers(builds: Sequence[MatrixEntry], build: MatrixEntry, locked: 
     Without a lock yet, the matrix's own view of the build stands in for it.
     """
     installed = set(locked) or matrix_packages(build)
+    nvidia = sorted(name for name in installed if is_nvidia(name))
+    others = tuple(sorted(installed - {*nvidia, *TRITON, *TORCH, PIP}))
     layers: list[Layer] = []
-    for group in nvidia_groups(builds, build, sorted(n for n in installed if is_nvidia(n))):
-        layers.append(Layer(name=f"{len(layers) + 1:02d}-{group[0]}", packages=group,
-                            comment=f"NVIDIA: {', '.join(group)}"))
-    for packages, label in ((TRITON, "triton"), (TORCH, "torch")):
-        present = tuple(name for name in packages if name in installed)
-        if present:
-            layers.append(Layer(name=f"{len(layers) + 1:02d}-{label}", packages=present, comment=", ".join(present)))
-    layers.append(Layer(name=f"{len(layers) + 1:02d}-python", packages=(REST,),
-                        comment="every other package and the venv itself"))
+
+    def add(label: str, packages: tuple[str, ...], comment: str) -> None:
+        layers.append(Layer(name=f"{len(layers) + 1:02d}-{label}", packages=packages, comment=comment))
+
+    for group in nvidia_groups(builds, build, nvidia):
+        add(group[0], group, f"NVIDIA: {', '.join(group)}")
+    triton = tuple(name for name in TRITON if name in installed)
+    if triton:
+        add("triton", triton, ", ".join(triton))
+    if others:
+        add("python", others, "every other package the lock pins but pip")
+    add("venv", (REST,), "the venv itself, pip and anything no package owns")
+    torch = tuple(name for name in TORCH if name in installed)
+    if torch:
+        add("torch", torch, ", ".join(torch))
     return tuple(layers)
 
 
@@ -99,6 +116,20 @@ def verify_layer(after: Sequence[Layer]) -> str:
 
 
 def nvidia_layers(plan: Sequence[Layer]) -> tuple[Layer, ...]:
-    """The plan's NVIDIA layers (its bottom ones): the builder installs and stages their wheels in a
-    step of its own, which tags pinning the same NVIDIA wheels share in Docker's layer cache."""
+    """The plan's NVIDIA layers (its bottom ones)."""
     return tuple(layer for layer in plan if all(is_nvidia(name) for name in layer.packages))
+
+
+def pip_steps(plan: Sequence[Layer]) -> tuple[tuple[Layer, ...], ...]:
+    """The layers each of the builder's pip steps installs and stages, in order; every layer in one step.
+
+    NVIDIA's layers, then the other named ones but torch's (triton and the other packages), each step
+    staged with --partial; then torch's and the catch-all, staged last. A step's cache entry is shared by
+    every tag whose earlier steps and own lock are the same, so what differs between close tags (torch)
+    comes last. Empty steps are left out.
+    """
+    nvidia = nvidia_layers(plan)
+    named = tuple(layer for layer in plan if layer not in nvidia and REST not in layer.packages
+                  and not set(layer.packages) & set(TORCH))
+    last = tuple(layer for layer in plan if layer not in nvidia and layer not in named)
+    return tuple(step for step in (nvidia, named, last) if step)

@@ -144,7 +144,7 @@ class ImageSpec:
 
     @property
     def rest_lock(self) -> Path:
-        """The runtime lock without its NVIDIA wheels (rendered): the builder stage's second pip step."""
+        """The runtime lock without what the builder's shared pip steps install (rendered): its last step."""
         return self.directory / "runtime-rest.lock"
 
 

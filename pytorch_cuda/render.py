@@ -48,11 +48,11 @@ def repo_path(path: Path) -> str:
 
 
 def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR,
-                      promise: contract.Manifest | None = None, split: SplitLock | None = None) -> str:
-    """The Dockerfile of one image; `packages` are the variant's extra pip pins (jupyter). `promise` and `split`:
-    its image_manifest and (runtime) split_lock, when the caller has them already (image_files)."""
-    if spec.kind.is_root and split is None:
-        split = split_lock(spec)
+                      promise: contract.Manifest | None = None, steps: tuple[PipStep, ...] | None = None) -> str:
+    """The Dockerfile of one image; `packages` are the variant's extra pip pins (jupyter). `promise` and `steps`:
+    its image_manifest and (runtime) pip_steps, when the caller has them already (image_files)."""
+    if steps is None:
+        steps = pip_steps(spec) if spec.kind.is_root else ()
     template = environment(templates_dir).get_template(spec.kind.template)
     text = template.render(
         spec=spec,
@@ -74,9 +74,7 @@ def render_dockerfile(spec: ImageSpec, packages: tuple[str, ...] = (), templates
         require_cuda=compat.require_cuda(spec.build.cuda),
         site_packages=site_packages(spec),
         component_layers=spec.layer_plan,
-        nvidia_layers=layers.nvidia_layers(spec.layer_plan),
-        nvidia_lock_path=repo_path(split.nvidia_path) if split else "",
-        rest_lock_path=repo_path(spec.rest_lock),
+        pip_steps=[(repo_path(step.lock_path), step) for step in steps],
         verify_layer=layers.verify_layer(spec.layer_plan),
         source_date_epoch=layers.SOURCE_DATE_EPOCH,
         stage_script=repo_path(STAGE_SCRIPT),
@@ -190,36 +188,64 @@ def render_constraints(spec: ImageSpec, promise: contract.Manifest | None = None
             + "".join(f"{name}=={version}\n" for name, version in pins))
 
 
-# The NVIDIA halves of the runtime locks, each named by its content: Docker's layer cache keys a COPY on
-# the file's path in the build context as well as its bytes, so tags that pin the same NVIDIA wheels must
-# COPY the very same file for the builder's first pip step to be shared.
+# The parts of the runtime locks that close tags share, each named by its content: Docker's layer cache keys
+# a COPY on the file's path in the build context as well as its bytes, so tags that pin the same wheels
+# must COPY the very same file for the builder's pip step of those wheels to be shared.
 NVIDIA_LOCKS_DIR = IMAGES_DIR / "nvidia-locks"
+PYTHON_LOCKS_DIR = IMAGES_DIR / "python-locks"
 NVIDIA_LOCK_HEADER = (
     "# NVIDIA's wheels of the runtime locks that name this file: the builder stage installs them first, on their\n"
     "# own, so Docker's layer cache shares that step (several GB) between the tags that pin them. Named by its\n"
     "# content; written by `python build.py --render` from those runtime.lock files; do not edit.\n")
+PYTHON_LOCK_HEADER = (
+    "# triton and the other packages (but pip) of the runtime locks that name this file: the builder stage's\n"
+    "# second pip step, after NVIDIA's wheels (images/nvidia-locks/), shared in Docker's layer cache by the\n"
+    "# tags that pin them (releases of one torch line). Named by its content; written by\n"
+    "# `python build.py --render` from those runtime.lock files; do not edit.\n")
 REST_LOCK_HEADER = (
-    "# The runtime lock beside this file without NVIDIA's wheels (images/nvidia-locks/): the builder stage's\n"
-    "# second pip step. Written by `python build.py --render` from runtime.lock; do not edit.\n")
+    "# The runtime lock beside this file without what images/nvidia-locks/ and images/python-locks/ hold:\n"
+    "# torch, its domain libraries and pip, the builder stage's last pip step. Written by\n"
+    "# `python build.py --render` from runtime.lock; do not edit.\n")
 
 
 @dataclass(frozen=True)
-class SplitLock:
-    """A runtime lock cut in two for the builder's two pip steps: every entry in exactly one half, unchanged."""
+class PipStep:
+    """One of the builder's pip steps: the lock it installs and the layers it stages."""
 
-    nvidia_path: Path  # under NVIDIA_LOCKS_DIR, named by its content
-    nvidia: str  # the NVIDIA wheels of the layer plan
-    rest: str  # everything else, written to spec.rest_lock
+    lock_path: Path  # the repository file its COPY takes: named by its content where tags share it
+    lock: str  # that file's text: the runtime lock's entries of the step's packages, unchanged
+    dest: str  # where the builder stage puts it
+    layers: tuple[layers.Layer, ...]
+    partial: bool  # staged with --partial: a later step installs more into the venv
 
 
-def split_lock(spec: ImageSpec) -> SplitLock:
-    """The runtime's lock cut in two, in the lock's order."""
-    names = {name for layer in layers.nvidia_layers(spec.layer_plan) for name in layer.packages}
+def pip_steps(spec: ImageSpec) -> tuple[PipStep, ...]:
+    """The runtime's lock cut into the builder's pip steps (layers.pip_steps), each part in the lock's order.
+
+    Every entry of the lock lands in exactly one part: the last step takes whatever the earlier ones do not.
+    """
     locked = lockfile.entries(spec.runtime_lock.read_text()) if spec.runtime_lock.exists() else {}
-    nvidia = NVIDIA_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name in names)
-    rest = REST_LOCK_HEADER + "".join(entry for name, entry in locked.items() if name not in names)
-    digest = hashlib.sha256(nvidia.encode()).hexdigest()[:16]
-    return SplitLock(NVIDIA_LOCKS_DIR / f"cuda{spec.build.cuda}-{digest}.lock", nvidia, rest)
+    nvidia = layers.nvidia_layers(spec.layer_plan)
+    steps = layers.pip_steps(spec.layer_plan)
+    taken: set[str] = set()
+    made = []
+    for index, staged in enumerate(steps):
+        last = index == len(steps) - 1
+        names = {name for layer in staged for name in layer.packages}
+        chosen = [entry for name, entry in locked.items() if name not in taken and (last or name in names)]
+        taken |= {name for name in locked if name in names}
+        if last:
+            path, dest, text = spec.rest_lock, "/tmp/requirements.lock", REST_LOCK_HEADER + "".join(chosen)
+        elif staged == nvidia:
+            text = NVIDIA_LOCK_HEADER + "".join(chosen)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            path, dest = NVIDIA_LOCKS_DIR / f"cuda{spec.build.cuda}-{digest}.lock", "/tmp/nvidia.lock"
+        else:
+            text = PYTHON_LOCK_HEADER + "".join(chosen)
+            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+            path, dest = PYTHON_LOCKS_DIR / f"py{spec.python}-{digest}.lock", "/tmp/python.lock"
+        made.append(PipStep(path, text, dest, staged, partial=not last))
+    return tuple(made)
 
 
 @dataclass(frozen=True)
@@ -228,7 +254,7 @@ class ImageFiles:
     here, which `--render` writes and commits, and the committed ones its Dockerfile COPYs as they are."""
 
     spec: ImageSpec
-    rendered: Mapping[Path, str]  # the Dockerfile, manifest, constraints (runtime: its split lock), by absolute path
+    rendered: Mapping[Path, str]  # the Dockerfile, manifest, constraints (runtime: its pip steps' locks), by absolute path
     copied: tuple[Path, ...]  # its lock and the runtime's, the builder stage's script and tools lock
 
     @property
@@ -249,11 +275,10 @@ class ImageFiles:
 def image_files(spec: ImageSpec, packages: tuple[str, ...] = (), templates_dir: Path = TEMPLATES_DIR) -> ImageFiles:
     """Every generated file of one image, for both `--render` and its build context (its manifest made once)."""
     promise = image_manifest(spec)
-    split = split_lock(spec) if spec.kind.is_root else None
-    rendered = {spec.dockerfile: render_dockerfile(spec, packages, templates_dir, promise, split),
+    steps = pip_steps(spec) if spec.kind.is_root else ()
+    rendered = {spec.dockerfile: render_dockerfile(spec, packages, templates_dir, promise, steps),
                 spec.manifest: render_manifest(spec, promise), spec.constraints: render_constraints(spec, promise)}
-    if split:
-        rendered[split.nvidia_path], rendered[spec.rest_lock] = split.nvidia, split.rest
+    rendered |= {step.lock_path: step.lock for step in steps}
     # Every variant's bill of materials carries the runtime lock's hashes too.
     copied = tuple(dict.fromkeys((spec.lock, spec.runtime_lock, STAGE_SCRIPT, BUILDER_TOOLS_LOCK)))
     return ImageFiles(spec, rendered, copied)

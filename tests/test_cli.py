@@ -108,8 +108,9 @@ def test_committed_dockerfiles_match_the_templates(real_matrix):
     assert not stale, f"run `python build.py --all --render`; stale: {stale[:5]}"
     committed = set(matrix.IMAGES_DIR.glob("*/*/Dockerfile"))
     assert committed == {spec.dockerfile for spec in specs}, "a committed Dockerfile belongs to no tag"
-    nvidia_locks = {render.split_lock(spec).nvidia_path for spec in specs if spec.kind.is_root}
-    assert set(render.NVIDIA_LOCKS_DIR.glob("*")) == nvidia_locks, "a committed NVIDIA lock belongs to no tag"
+    shared = {step.lock_path for spec in specs if spec.kind.is_root for step in render.pip_steps(spec)[:-1]}
+    committed_locks = set(render.NVIDIA_LOCKS_DIR.glob("*")) | set(render.PYTHON_LOCKS_DIR.glob("*"))
+    assert committed_locks == shared, "a committed NVIDIA or Python lock belongs to no tag"
 
 
 def test_dry_run_names_each_images_source_and_dockerfile(real_matrix):

@@ -45,12 +45,15 @@ def test_tags_with_the_same_nvidia_pins_share_layers_and_the_second_push_is_smal
         assert downloaded <= len(differing) < len(older.runtime_pins) / 4, said
         old_layers = docker_client.images.get(older.tag).attrs["RootFS"]["Layers"]
         new_layers = docker_client.images.get(newer.tag).attrs["RootFS"]["Layers"]
-        # base, then the NVIDIA layers, then triton and the other packages: the same bytes
-        shared = 1 + len(nvidia) + 1  # the base, NVIDIA's, triton
-        assert old_layers[:shared] == new_layers[:shared]
+        # the base, the NVIDIA layers, triton, the other packages and the venv: the same bytes, and in the
+        # same order, so a node holding one tag pulls none of them for the other; torch differs
         torch_at = 1 + [layer.packages for layer in newer.layer_plan].index(("torch", "torchvision", "torchaudio"))
+        assert torch_at == 1 + len(nvidia) + 3  # the base, NVIDIA's, triton, every other package, the venv
+        assert old_layers[:torch_at] == new_layers[:torch_at]
         assert old_layers[torch_at] != new_layers[torch_at]
-        assert old_layers[torch_at + 1] == new_layers[torch_at + 1]  # every other package: same pins
+        # above torch: the verify layer (this tag's manifest: differs), then Debian's (the system stage: same)
+        assert old_layers[torch_at + 1] != new_layers[torch_at + 1]
+        assert old_layers[torch_at + 2] == new_layers[torch_at + 2]
 
         # What the registry stores for the first tag, then what the second adds to it: the blobs of its
         # manifest that the first's lacks (a registry stores a blob once, by digest).

@@ -38,28 +38,44 @@ def test_tags_with_the_same_nvidia_pins_get_the_same_nvidia_layers_in_the_same_o
     assert nvidia[-1].packages == ("nvidia-nvjitlink-cu12",)
     # cuBLAS 12.1.3.1 is shared by all ten 12.1 tags, more than any other wheel of 2.4.1
     assert nvidia[0].packages == ("nvidia-cublas-cu12",)
+    # then triton, the packages 2.4.1's lock pins besides NVIDIA's, torch's and pip (read off the lock),
+    # the catch-all (pip, the venv's own files), and torch last: what 2.4.0 and 2.4.1 do not share
+    others = ("filelock", "fsspec", "jinja2", "markupsafe", "mpmath", "networkx", "numpy", "pillow", "setuptools",
+              "sympy", "typing-extensions")
     assert [layer.packages for layer in new[len(nvidia):]] == [
-        ("triton",), ("torch", "torchvision", "torchaudio"), ("*",)]
+        ("triton",), others, ("*",), ("torch", "torchvision", "torchaudio")]
+    assert [layer.name for layer in new[len(nvidia):]] == ["12-triton", "13-python", "14-venv", "15-torch"]
 
 
-def test_the_builders_first_pip_step_is_the_same_file_for_tags_with_the_same_nvidia_pins():
-    """The runtime lock cut in two (render.split_lock): NVIDIA's wheels, one file for 2.4.0 and 2.4.1 (Docker's
-    cache keys a COPY on the file's path and bytes), and the rest; each entry of the lock in exactly one, unchanged."""
-    old, new = render.split_lock(runtime_spec("2.4.0-cuda12.1")), render.split_lock(runtime_spec("2.4.1-cuda12.1"))
-    assert old.nvidia_path == new.nvidia_path and old.nvidia == new.nvidia
-    assert new.nvidia_path.name.startswith("cuda12.1-")
-    assert render.split_lock(runtime_spec("2.5.1-cuda12.4")).nvidia_path != new.nvidia_path
-    nvidia, rest = new.nvidia, new.rest
+def test_the_builders_first_two_pip_steps_are_the_same_files_for_2_4_0_and_2_4_1():
+    """The runtime lock cut for the builder's three pip steps (render.pip_steps): NVIDIA's wheels, then triton
+    and the other packages, each one file for 2.4.0 and 2.4.1 (Docker's cache keys a COPY on the file's path and
+    bytes), then the rest; each entry of the lock in exactly one part, unchanged."""
+    old, new = render.pip_steps(runtime_spec("2.4.0-cuda12.1")), render.pip_steps(runtime_spec("2.4.1-cuda12.1"))
+    assert [step.dest for step in new] == ["/tmp/nvidia.lock", "/tmp/python.lock", "/tmp/requirements.lock"]
+    assert [step.partial for step in new] == [True, True, False]
+    for shared in (0, 1):
+        assert old[shared].lock_path == new[shared].lock_path and old[shared].lock == new[shared].lock
+    assert old[2].lock_path != new[2].lock_path and old[2].lock != new[2].lock  # torch 2.4.0 against 2.4.1
+    assert new[0].lock_path.parent.name == "nvidia-locks" and new[0].lock_path.name.startswith("cuda12.1-")
+    assert new[1].lock_path.parent.name == "python-locks" and new[1].lock_path.name.startswith("py3.11-")
+    other = render.pip_steps(runtime_spec("2.5.1-cuda12.4"))
+    assert other[0].lock_path != new[0].lock_path and other[1].lock_path != new[1].lock_path
+    nvidia, python, rest = (step.lock for step in new)
     # the twelve NVIDIA wheels of 2.4.1's lock, read off the committed lock
     assert list(lockfile.pins_of(nvidia)) == [
         "nvidia-cublas-cu12", "nvidia-cuda-cupti-cu12", "nvidia-cuda-nvrtc-cu12", "nvidia-cuda-runtime-cu12",
         "nvidia-cudnn-cu12", "nvidia-cufft-cu12", "nvidia-curand-cu12", "nvidia-cusolver-cu12",
         "nvidia-cusparse-cu12", "nvidia-nccl-cu12", "nvidia-nvjitlink-cu12", "nvidia-nvtx-cu12"]
-    assert {"torch", "triton", "torchvision", "filelock"} <= set(lockfile.pins_of(rest))
+    assert {"triton", "filelock", "numpy", "sympy"} <= set(lockfile.pins_of(python))
+    assert list(lockfile.pins_of(rest)) == ["pip", "torch", "torchaudio", "torchvision"]
+    # each step stages the layers of what it installs: the catch-all last, with torch
+    assert [[layer.name for layer in step.layers] for step in new[1:]] == [["12-triton", "13-python"],
+                                                                          ["14-venv", "15-torch"]]
     lock = runtime_spec("2.4.1-cuda12.1").runtime_lock.read_text()
     body = [line for line in lock.splitlines() if line and not line.startswith("#")]
-    halves = [line for text in (nvidia, rest) for line in text.splitlines() if not line.startswith("#")]
-    assert sorted(halves) == sorted(body)  # nothing lost, nothing twice, every hash kept
+    parts = [line for text in (nvidia, python, rest) for line in text.splitlines() if not line.startswith("#")]
+    assert sorted(parts) == sorted(body)  # nothing lost, nothing twice, every hash kept
     assert "--hash=sha256:2b964d60e8cf11b5e1073d179d85fa340c120e99b3067558f3cf98dd69d02906" in nvidia  # cuBLAS's
 
 
@@ -81,7 +97,8 @@ def test_every_locked_package_has_exactly_one_layer():
         assert set(named) <= set(dict(spec.runtime_pins)), tag
         # every NVIDIA and torch package is in a layer of its own kind, not in the catch-all
         assert {n for n in dict(spec.runtime_pins) if layers.is_nvidia(n) or n in layers.TORCH} <= set(named), tag
-        assert spec.layer_plan[-1].packages == ("*",)
+        assert [layer.packages for layer in spec.layer_plan].count(("*",)) == 1, tag
+        assert spec.layer_plan[-1].packages[0] == "torch", tag  # what close tags differ in, on top
 
 
 def test_grouping_follows_which_tags_share_versions():
@@ -244,6 +261,39 @@ def test_staging_nvidia_first_then_the_rest_gives_the_trees_of_one_pass(tmp_path
     make_venv(work, nvidia=False)  # the second step's packages, into the same venv
     stage_venv.stage_venv(venv, work / "stage", LAYERS[2:], (1000, 0), EPOCH)
     assert [tree_digest(work / "stage" / layer.split("=")[0]) for layer in LAYERS] == expected
+
+
+# The runtime's order (layers.component_layers): the other packages and the catch-all below torch.
+THREE_STEPS = [LAYERS[:2], ["03-python=sympy"], ["04-venv=*", "05-torch=torch"]]
+
+
+@needs_root
+def test_staging_in_the_builders_three_steps_gives_the_trees_of_one_pass(tmp_path):
+    """The builder's three pip steps: NVIDIA's wheels, then the other packages (sympy), each staged with
+    --partial, then torch and pip with the catch-all: every tree as one pass over the whole venv makes it, and
+    pip stays in the venv until the last step, since that step's pip runs from there."""
+    work = tmp_path / "work"
+    everything = [layer for step in THREE_STEPS for layer in step]
+    venv = make_venv(work)
+    make_dist(venv, "pip", {"pip/__init__.py": "V = 1\n"})
+    stage_venv.stage_venv(venv, work / "stage", everything, (1000, 0), EPOCH)
+    expected = [tree_digest(work / "stage" / layer.split("=")[0]) for layer in everything]
+    shutil.rmtree(work)
+
+    venv = make_venv(work, rest=False)
+    make_dist(venv, "pip", {"pip/__init__.py": "V = 1\n"})
+    stage_venv.stage_venv(venv, work / "stage", THREE_STEPS[0], (1000, 0), EPOCH, partial=True)
+    make_dist(venv, "sympy", {"sympy/__init__.py": f"Y = {set('abcdefghijklmnopqrstuvwxyz')!r} & {{'a'}}\n"})
+    stage_venv.stage_venv(venv, work / "stage", THREE_STEPS[1], (1000, 0), EPOCH, partial=True)
+    left = {str(p.relative_to(venv)) for p in venv.rglob("*")}
+    assert f"{SITE}/pip/__init__.py" in left and not [p for p in left if "sympy" in p or "nvidia" in p], left
+    make_dist(venv, "torch", {"torch/__init__.py": "import math\n", "../../../bin/torchrun": "#!/bin/sh\n"})
+    (venv / SITE / "loose.py").write_text("# owned by no RECORD\n")
+    stage_venv.stage_venv(venv, work / "stage", THREE_STEPS[2], (1000, 0), EPOCH)
+    assert [tree_digest(work / "stage" / layer.split("=")[0]) for layer in everything] == expected
+    catch_all = work / "stage" / "04-venv" / venv.relative_to("/")
+    assert {"pyvenv.cfg", f"{SITE}/pip/__init__.py", f"{SITE}/loose.py"} <= {
+        str(p.relative_to(catch_all)) for p in catch_all.rglob("*")}
 
 
 @needs_root

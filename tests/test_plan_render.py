@@ -55,10 +55,12 @@ def test_non_default_python_gets_its_own_tag_and_base(m):
 
 def test_runtime_dockerfile_pins_and_stages(specs):
     text = render.render_dockerfile(specs["runtime"])
-    # Two pip steps: NVIDIA's wheels, then the rest of the lock.
+    # Three pip steps: NVIDIA's wheels, then triton and the other packages, then the rest of the lock.
     assert re.search(r"^COPY images/nvidia-locks/cuda12\.1-[0-9a-f]{16}\.lock /tmp/nvidia\.lock$", text, re.M)
-    assert text.index("/tmp/nvidia.lock") < text.index("COPY images/2.4.1-cuda12.1/runtime-rest.lock /tmp/requirements.lock")
-    for lock in ("/tmp/nvidia.lock", "/tmp/requirements.lock"):
+    assert re.search(r"^COPY images/python-locks/py3\.11-[0-9a-f]{16}\.lock /tmp/python\.lock$", text, re.M)
+    assert (text.index("/tmp/nvidia.lock") < text.index("/tmp/python.lock")
+            < text.index("COPY images/2.4.1-cuda12.1/runtime-rest.lock /tmp/requirements.lock"))
+    for lock in ("/tmp/nvidia.lock", "/tmp/python.lock", "/tmp/requirements.lock"):
         assert f"--require-hashes \\\n        --no-deps \\\n        -r \\\n        {lock};" in text
     stages = re.findall(r"^FROM (.+)$", text, re.M)
     assert stages == ["${BUILDER_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE} AS system", "${BASE_IMAGE}"]
@@ -76,12 +78,14 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     assert "--no-compile" in builder
     plan_names = [layer.name for layer in specs["runtime"].layer_plan]
     assert re.findall(r"--layer '([^=]+)=", builder) == plan_names
-    # the first staging takes NVIDIA's layers alone, the second triton, torch and the rest
-    first, second = re.findall(r"stage_venv.py venv (.*?)\n\n?(?:COPY|#)", builder, re.S)
-    assert first.startswith("--partial ") and "--partial" not in second
-    assert re.findall(r"--layer '\d\d-([^=]+)=", second) == ["triton", "torch", "python"]
+    # the first staging takes NVIDIA's layers alone, the second triton and the other named packages (both
+    # --partial: a later step installs into the venv), the last the catch-all and torch
+    first, second, last = re.findall(r"stage_venv.py venv (.*?)\n\n?(?:COPY|#)", builder, re.S)
+    assert first.startswith("--partial ") and second.startswith("--partial ") and "--partial" not in last
+    assert re.findall(r"--layer '\d\d-([^=]+)=", second) == ["triton", "python"]
+    assert re.findall(r"--layer '\d\d-([^=]+)=([^']+)'", last) == [("venv", "*"), ("torch", "torch,torchvision,torchaudio")]
     nvidia = re.findall(r"--layer '([^=]+)=", first)
-    assert nvidia == plan_names[:-3] and all(re.match(r"\d\d-nvidia-", name) for name in nvidia), nvidia
+    assert nvidia == plan_names[:-4] and all(re.match(r"\d\d-nvidia-", name) for name in nvidia), nvidia
     copies = re.findall(r"^COPY --from=(\S+) /stage/(\S+)/ /$", final, re.M)
     assert copies == [("builder", name) for name in plan_names] + [("verify-layer", f"{len(plan_names) + 1:02d}-verify")]
     assert final.index("COPY --from=verify-layer") < final.index("COPY --from=system /system/ /")
@@ -209,8 +213,9 @@ def test_one_list_of_an_images_files_serves_render_and_the_build_context(m, vari
     file the Dockerfile COPYs from outside the repository's own directories (verify/, image-files/)."""
     spec = next(s for s in plan.image_specs(m, [m.resolve(cuda="12.1")], variants=plan.VARIANTS) if s.variant == variant)
     files = render.image_files(spec, m.variant_packages.get(variant, ()))
-    split_locks = {render.split_lock(spec).nvidia_path, spec.rest_lock} if variant == "runtime" else set()
-    assert set(files.rendered) == {spec.dockerfile, spec.manifest, spec.constraints} | split_locks
+    step_locks = {step.lock_path for step in render.pip_steps(spec)} if variant == "runtime" else set()
+    assert len(step_locks) == (3 if variant == "runtime" else 0) and (spec.rest_lock in step_locks) == (variant == "runtime")
+    assert set(files.rendered) == {spec.dockerfile, spec.manifest, spec.constraints} | step_locks
     context = files.context()
     for path, text in files.rendered.items():
         assert context[render.repo_path(path)] == text.encode()
