@@ -5,7 +5,9 @@ a second tag, or a `--no-cache` rebuild, would download most of them again. Inst
 
 1. pip on the host downloads every wheel the image's lock pins, for the image's platform and Python,
    into the cache with `--require-hashes` (a file already there with the lock's hash is not
-   fetched again; one with another hash is fetched anew), so nothing unverified is ever kept;
+   fetched again; one with another hash is fetched anew), so nothing unverified is ever kept; a
+   lock entry that a cached file already satisfies (an installable wheel whose sha256 the entry
+   lists) is not even asked of the index, so a second tag looks up only the wheels it adds;
 2. the build's pip reads them from a PEP 503 index that a small server on this host's loopback
    serves from the cache (the build runs with host networking), and checks every file against the
    lock's hashes again.
@@ -29,6 +31,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -39,7 +42,7 @@ from typing import Callable
 
 from verify.packages import canonical  # PEP 503's name rule, the one the image's checks use
 
-from . import hostlock
+from . import hostlock, lockfile
 
 DEFAULT_PORT = 38741
 GLIBC_MINOR = 36  # Debian bookworm, every base image of images/bases.json
@@ -130,6 +133,55 @@ def _wheels(directory: Path) -> dict[str, tuple[int, int]]:
     return {path.name: (path.stat().st_size, path.stat().st_mtime_ns) for path in directory.glob("*.whl")}
 
 
+# name-version(-build)-python-abi-platform.whl; each tag may be a dotted set (py2.py3, manylinux_2_17_x86_64.manylinux2014_x86_64).
+_WHEEL_FILE = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(?:-\d[^-]*)?-(?P<py>[^-]+)-(?P<abi>[^-]+)-(?P<platform>[^-]+)\.whl$")
+_HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
+
+
+def installable(filename: str, architecture: str, python: str) -> bool:
+    """Whether pip in an image of `architecture` with CPython `python` ('3.11') would install this wheel file."""
+    match = _WHEEL_FILE.match(filename)
+    if match is None:
+        return False
+    major, minor = python.split(".")[:2]
+    pythons, abis, platforms = (set(match.group(part).split(".")) for part in ("py", "abi", "platform"))
+    if not platforms & ({"any"} | set(platform_tags(architecture))):
+        return False
+    if f"cp{major}{minor}" in abis and f"cp{major}{minor}" in pythons:
+        return True
+    if "abi3" in abis:  # the stable ABI: built for this CPython or an older one of the same major
+        return any(tag.startswith(f"cp{major}") and tag[2:].isdigit() and int(tag[3:] or 0) <= int(minor)
+                   for tag in pythons)
+    return "none" in abis and bool(pythons & {f"py{major}", f"py{major}{minor}", f"cp{major}{minor}"})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        while chunk := data.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def satisfied_entries(lock_text: str, directory: Path, architecture: str, python: str) -> dict[str, str]:
+    """name -> the cached file that satisfies that lock entry: its name and version, installable here, and a
+    sha256 the entry lists (read from the file, never assumed). Entries left out go to pip."""
+    files: dict[tuple[str, str], list[Path]] = {}
+    for path in sorted(directory.glob("*.whl")):
+        match = _WHEEL_FILE.match(path.name)
+        if match and installable(path.name, architecture, python):
+            files.setdefault((canonical(match.group("name")), match.group("version")), []).append(path)
+    found = {}
+    for name, entry in lockfile.entries(lock_text).items():
+        version = next(iter(lockfile.pins_of(entry).values()))
+        hashes = set(_HASH.findall(entry))
+        for path in files.get((name, version), ()):
+            if _sha256(path) in hashes:
+                found[name] = path.name
+                break
+    return found
+
+
 _PIP_NAMED = re.compile(r"^\s*(?:Saved|File was already downloaded) (.+\.whl)\s*$")
 
 
@@ -154,6 +206,25 @@ def _still_satisfied(record: Path, directory: Path) -> int | None:
     return len(named)
 
 
+def _download(entries: dict[str, str], lock: Path, directory: Path, architecture: str, python: str, upstream: str,
+              ca_file: Path | None) -> list[str]:
+    """pip download of these entries of `lock` (their text unchanged, hashes required); returns the files pip named."""
+    # The user's pip configuration stays (proxy, certificates); extra indexes and find-links do
+    # not, so the files come from the one index asked for (their hashes are checked either way).
+    environ = {name: value for name, value in os.environ.items()
+               if name not in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_REQUIRE_VIRTUALENV")}
+    with tempfile.TemporaryDirectory(prefix=".lock-", dir=directory) as scratch:
+        part = Path(scratch) / lock.name
+        part.write_text("".join(entries.values()))
+        done = subprocess.run(download_command(part, directory, architecture, python, upstream, ca_file),
+                              capture_output=True, text=True, env=environ)
+    if done.returncode != 0:
+        said = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
+        reason = next((line for line in reversed(said) if line.startswith("ERROR")), said[-1] if said else "")
+        raise WheelCacheError(f"downloading the wheels of {lock.name} from {upstream} failed: {reason[:300]}")
+    return [Path(match.group(1)).name for match in map(_PIP_NAMED.match, done.stdout.splitlines()) if match]
+
+
 def prefetch(lock: Path, directory: Path, architecture: str, python: str, upstream: str,
              ca_file: Path | None = None) -> Fetch:
     """Have every wheel of `lock` for the platform in the cache, each checked against the lock's hashes."""
@@ -164,18 +235,13 @@ def prefetch(lock: Path, directory: Path, architecture: str, python: str, upstre
         if known is not None:
             return Fetch(downloaded=0, downloaded_bytes=0, reused=known)
         before = _wheels(directory)
-        # The user's pip configuration stays (proxy, certificates); extra indexes and find-links do
-        # not, so the files come from the one index asked for (their hashes are checked either way).
-        environ = {name: value for name, value in os.environ.items()
-                   if name not in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX", "PIP_REQUIRE_VIRTUALENV")}
-        done = subprocess.run(download_command(lock, directory, architecture, python, upstream, ca_file),
-                              capture_output=True, text=True, env=environ)
-        if done.returncode != 0:
-            said = [line.strip() for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-            reason = next((line for line in reversed(said) if line.startswith("ERROR")), said[-1] if said else "")
-            raise WheelCacheError(f"downloading the wheels of {lock.name} from {upstream} failed: {reason[:300]}")
+        lock_text = lock.read_text()
+        present = satisfied_entries(lock_text, directory, architecture, python)
+        missing = {name: entry for name, entry in lockfile.entries(lock_text).items() if name not in present}
+        named = list(present.values())
+        if missing:
+            named += _download(missing, lock, directory, architecture, python, upstream, ca_file)
         after = _wheels(directory)
-        named = [Path(match.group(1)).name for match in map(_PIP_NAMED.match, done.stdout.splitlines()) if match]
         record.parent.mkdir(exist_ok=True)
         record.write_text(json.dumps({name: after[name] for name in sorted(set(named)) if name in after}))
     new = {name: size for name, (size, mtime) in after.items() if before.get(name) != (size, mtime)}

@@ -55,6 +55,49 @@ def test_platforms_are_those_a_glibc_2_36_image_installs():
         wheelcache.platform_tags("riscv64")
 
 
+# Expected answers from PEP 425 (python-abi-platform tags, dotted sets), PEP 384 (abi3: built for this CPython or
+# an older 3.x) and PEP 600 (manylinux_2_N runs on glibc >= 2.N): for a glibc 2.36 image with CPython 3.11.
+@pytest.mark.parametrize("filename, architecture, expected", [
+    ("torch-2.4.1-cp311-cp311-manylinux1_x86_64.whl", "amd64", True),
+    ("torch-2.4.1-cp311-cp311-manylinux1_x86_64.whl", "arm64", False),  # another machine
+    ("torch-2.4.1-cp312-cp312-manylinux1_x86_64.whl", "amd64", False),  # another CPython
+    ("torch-2.4.1-cp311-cp311-win_amd64.whl", "amd64", False),
+    ("numpy-2.4.6-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl", "amd64", True),
+    ("numpy-2.4.6-cp311-cp311-manylinux_2_39_x86_64.whl", "amd64", False),  # needs a newer glibc than 2.36
+    ("triton-3.0.0-1-cp311-cp311-manylinux2014_x86_64.manylinux_2_17_x86_64.whl", "amd64", True),  # a build tag
+    ("argon2_cffi_bindings-26.2.0-cp310-abi3-manylinux_2_26_aarch64.manylinux_2_28_aarch64.whl", "arm64", True),
+    ("somelib-1.0-cp312-abi3-manylinux_2_17_x86_64.whl", "amd64", False),  # abi3 from a newer CPython
+    ("Jinja2-3.1.6-py3-none-any.whl", "arm64", True),
+    ("six-1.17.0-py2.py3-none-any.whl", "amd64", True),
+    ("oldlib-1.0-py2-none-any.whl", "amd64", False),
+    ("torch-2.4.1.tar.gz", "amd64", False),
+])
+def test_which_cached_files_an_image_would_install(filename, architecture, expected):
+    assert wheelcache.installable(filename, architecture, "3.11") is expected
+
+
+def test_a_lock_entry_is_satisfied_only_by_a_cached_file_with_its_hash_for_the_platform(tmp_path):
+    """What the prefetch need not ask the index for: files whose bytes have a hash the entry lists."""
+    import hashlib
+
+    files = {"good_pkg-1.0-py3-none-any.whl": b"good", "arm_only-2.0-cp311-cp311-manylinux2014_aarch64.whl": b"arm",
+             "tampered-3.0-py3-none-any.whl": b"not what was locked", "old_version-1.0-py3-none-any.whl": b"v1"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+
+    def sha(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()
+
+    lock = (f"good-pkg==1.0 \\\n    --hash=sha256:{sha(b'good')}\n"
+            f"arm-only==2.0 \\\n    --hash=sha256:{sha(b'arm')}\n"
+            f"tampered==3.0 \\\n    --hash=sha256:{sha(b'what was locked')}\n"
+            f"old-version==2.0 \\\n    --hash=sha256:{sha(b'v1')}\n"
+            f"absent==1.0 \\\n    --hash=sha256:{sha(b'absent')}\n")
+    assert wheelcache.satisfied_entries(lock, tmp_path, "amd64", "3.11") == {"good-pkg": "good_pkg-1.0-py3-none-any.whl"}
+    assert wheelcache.satisfied_entries(lock, tmp_path, "arm64", "3.11") == {
+        "good-pkg": "good_pkg-1.0-py3-none-any.whl", "arm-only": "arm_only-2.0-cp311-cp311-manylinux2014_aarch64.whl"}
+
+
 def test_the_download_requires_hashes_and_wheels_of_the_images_platform_and_python(tmp_path):
     command = wheelcache.download_command(Path("runtime.lock"), tmp_path, "arm64", "3.12", "https://pypi.org/simple",
                                           Path("/etc/proxy-ca.pem"))
