@@ -62,7 +62,7 @@ class Engine(Protocol):
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None,
               events: BuildEvents | None = None, host_network: bool = False,
-              cpu_shares: int | None = None) -> str: ...
+              cpu_shares: int | None = None, target: str | None = None) -> str: ...
     def reaches_host_loopback(self) -> bool: ...
     def tag(self, image_id: str, references: Iterable[str]) -> None: ...
     def push(self, references: Iterable[str]) -> None: ...
@@ -206,8 +206,9 @@ class DockerEngine:
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None,
               events: BuildEvents | None = None, host_network: bool = False,
-              cpu_shares: int | None = None) -> str:
+              cpu_shares: int | None = None, target: str | None = None) -> str:
         """Build and return the image ID; the image is left untagged (tagging is the caller's step).
+        `target`: build only up to that stage (and the stages above it in the file), as docker build --target.
 
         `host_network`: RUN steps share the host's network (the wheel cache serves on its loopback);
         the network a step ran on is not part of the layer cache's key. `cpu_shares`: the RUN steps'
@@ -224,6 +225,7 @@ class DockerEngine:
                 pull=False, labels=labels or {}, decode=True,
                 network_mode="host" if host_network else None,
                 container_limits={"cpushares": cpu_shares} if cpu_shares else None,
+                target=target,
             )
             for chunk in stream:
                 if "error" in chunk:

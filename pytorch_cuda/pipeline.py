@@ -20,7 +20,7 @@ from typing import Callable
 from verify import manifest as contract
 from verify import sbom
 
-from . import baseimage, plan, release, render, wheelcache
+from . import baseimage, hostlock, plan, release, render, wheelcache
 from .engine import BuildEvents, Engine
 from .errors import BuildFailed, NothingPushed
 from .matrix import AMD64, PYPI_URL, REPO_ROOT, Matrix
@@ -126,6 +126,23 @@ def fill_wheel_cache(spec: ImageSpec, options: BuildOptions, say: Callable[[str]
     return wheelcache.ensure_server(options.wheel_cache, options.wheel_cache_port, say)
 
 
+# The runtime's stage of Debian's packages and the user (templates/runtime.Dockerfile.j2), the first in its file.
+SYSTEM_STAGE = "system"
+
+
+def build_system_stage(engine: Engine, spec: ImageSpec, files: render.ImageFiles, args: dict[str, str],
+                       options: BuildOptions, host_network: bool) -> None:
+    """Build the runtime's system stage alone, one build.py at a time per base and platform.
+
+    Every tag and CUDA line on one base shares that stage's cache entry. Two builds that ran it at once would
+    each leave an image for the same step (apt's output differs in its times), and Docker's cache then takes
+    the newest, so a no-change rebuild of the other would copy another tree and rebuild its final stage. Built
+    first under a host lock, the step runs once and every other build finds it."""
+    with hostlock.held(f"system-stage {spec.base_image} {spec.platform}"):
+        engine.build(spec.tag, make_context(files.context()), files.dockerfile_path, args,
+                     host_network=host_network, cpu_shares=options.cpu_shares, target=SYSTEM_STAGE)
+
+
 def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions, progress: Progress,
               index: int, total: int, runtime_image: str | None = None) -> tuple[BuildResult, str | None, str | None]:
     """Render and build one image and tag it: (result, image ID, content image ID), the IDs None when the
@@ -140,6 +157,8 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
     try:
         if cached:
             args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
+        if spec.kind.is_root and not options.no_cache:  # --no-cache runs every step anew, this one too
+            build_system_stage(engine, spec, files, args, options, host_network=cached)
         content_id = engine.build(
             spec.tag, make_context(files.context()), files.dockerfile_path,
             args, nocache=options.no_cache, host_network=cached, cpu_shares=options.cpu_shares,

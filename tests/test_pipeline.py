@@ -5,6 +5,7 @@ that real images build and run is shown by the docker-marked tests with the real
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from dataclasses import dataclass, field
@@ -41,11 +42,15 @@ class FakeEngine:
     missing: set[str] = field(default_factory=set)  # images that are not here (exists() says so)
     repo_digests: dict[str, str] = field(default_factory=dict)  # local image -> the digest it was pulled at
     log: list[tuple[str, ...]] = field(default_factory=list)  # registry steps and audits, in order
+    stages: list[tuple[str, str]] = field(default_factory=list)  # (tag, target) of each stage built alone
 
     def build(self, tag: str, context: io.BytesIO, dockerfile_path: str, buildargs: dict[str, str],
               nocache: bool = False, labels: dict[str, str] | None = None, events: BuildEvents | None = None,
-              host_network: bool = False, cpu_shares: int | None = None) -> str:
+              host_network: bool = False, cpu_shares: int | None = None, target: str | None = None) -> str:
         assert context.read(1), "an empty build context"
+        if target is not None:  # a stage built alone first (the runtime's system stage): not an image of the run
+            self.stages.append((tag, target))
+            return f"sha256:{'f' * 64}"
         self.built.append(tag)
         self.build_cpu_shares[tag] = cpu_shares
         self.build_calls[tag] = (dict(buildargs), host_network)
@@ -148,6 +153,29 @@ def test_every_image_is_tagged_and_aliased_after_it_built(m):
     assert engine.tags[RUNTIME].endswith("+labels")
     assert engine.relabelled[0] == {"io.pytorch-cuda.sbom-digest": "sha256:" + hashlib.sha256(
         b'{"components": []}\n').hexdigest()}
+
+
+def test_the_runtimes_system_stage_is_built_alone_first_under_a_host_lock(m, monkeypatch, tmp_path):
+    """Every tag and line on one base shares the system stage's cache entry: build.py builds that stage alone,
+    holding a lock per base and platform, before the image; not for variants (they have none), and not
+    with --no-cache (which runs every step anew)."""
+    engine = FakeEngine()
+    held = []
+
+    @contextlib.contextmanager
+    def lock(name, directory=None):
+        held.append(name)
+        engine.log.append(("locked", name))
+        yield
+        engine.log.append(("unlocked", name))
+
+    monkeypatch.setattr(pipeline.hostlock, "held", lock)
+    build(engine, m, specs(m))
+    assert engine.stages == [(RUNTIME, "system")] and engine.built == [RUNTIME, JUPYTER, SSH]
+    assert held == ["system-stage debian:bookworm-slim linux/amd64"]
+    engine = FakeEngine()
+    build(engine, m, specs(m), no_cache=True)
+    assert engine.stages == [] and engine.built == [RUNTIME, JUPYTER, SSH]
 
 
 def test_a_failed_runtime_gets_no_tag_and_its_variants_are_skipped(m):

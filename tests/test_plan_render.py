@@ -63,9 +63,11 @@ def test_runtime_dockerfile_pins_and_stages(specs):
     for lock in ("/tmp/nvidia.lock", "/tmp/python.lock", "/tmp/requirements.lock"):
         assert f"--require-hashes \\\n        --no-deps \\\n        -r \\\n        {lock};" in text
     stages = re.findall(r"^FROM (.+)$", text, re.M)
-    assert stages == ["${BUILDER_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE} AS system", "${BASE_IMAGE}"]
+    # the system stage first: build.py builds it alone (--target system) before the rest
+    assert stages == ["${BASE_IMAGE} AS system", "${BUILDER_IMAGE} AS builder", "builder AS verify-layer", "${BASE_IMAGE}"]
     builder, final = text.split("\nFROM ${BASE_IMAGE}\n")
-    builder, system = builder.split("\nFROM ${BASE_IMAGE} AS system\n")
+    system, builder = builder.split("\nFROM ${BASE_IMAGE} AS system\n")[1].split("\nFROM ${BUILDER_IMAGE} AS builder\n")
+    system = "\n".join(line for line in system.splitlines() if not line.startswith("#"))  # its steps, not the comments
     # Debian's packages and the user come from a stage on the base alone: its text names no lock, no wheel
     # and no tag, so every tag of a base shares it (the second tag's build finds it in the layer cache).
     assert "lock" not in system and "2.4.1" not in system and "ARG" not in system
