@@ -305,7 +305,14 @@ def _two_nodes(containers: TrackedContainers, tag: str, commands, environments) 
 
 def _assert_two_hosts(report: Dict[str, Any], names) -> None:
     check = distributed_check(report)
-    assert check["status"] == "pass", check
+    # What this checks is the rendezvous of two nodes, not their speed: two containers sharing this 2-core
+    # host's CPU with the rest of the suite can time the same matmuls 30 ms apart, and verify then names the
+    # slower one (a warning, exit 0; the slow-rank rule itself is tested by fault injection above). Any other
+    # warning or a failure still fails here.
+    if check["status"] == "warn" and check["figures"].get("slow_ranks"):
+        assert all(" is slow: the same local matmuls took " in part for part in check["reason"].split("; ")), check
+    else:
+        assert check["status"] == "pass", check
     figures = check["figures"]
     assert (figures["world_size"], figures["nodes"], figures["hosts"]) == (2, 2, sorted(names))
     assert figures["allreduce_values"] == [3.0, 3.0]
