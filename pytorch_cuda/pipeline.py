@@ -130,8 +130,8 @@ def fill_wheel_cache(spec: ImageSpec, options: BuildOptions, say: Callable[[str]
 SYSTEM_STAGE = "system"
 
 
-def build_system_stage(engine: Engine, spec: ImageSpec, files: render.ImageFiles, args: dict[str, str],
-                       options: BuildOptions, host_network: bool) -> None:
+def build_system_stage(engine: Engine, spec: ImageSpec, files: render.ImageFiles, context: bytes,
+                       args: dict[str, str], options: BuildOptions, host_network: bool) -> None:
     """Build the runtime's system stage alone, one build.py at a time per base and platform.
 
     Every tag and CUDA line on one base shares that stage's cache entry. Two builds that ran it at once would
@@ -139,7 +139,7 @@ def build_system_stage(engine: Engine, spec: ImageSpec, files: render.ImageFiles
     the newest, so a no-change rebuild of the other would copy another tree and rebuild its final stage. Built
     first under a host lock, the step runs once and every other build finds it."""
     with hostlock.held(f"system-stage {spec.base_image} {spec.platform}"):
-        engine.build(spec.tag, make_context(files.context()), files.dockerfile_path, args,
+        engine.build(spec.tag, io.BytesIO(context), files.dockerfile_path, args,
                      host_network=host_network, cpu_shares=options.cpu_shares, target=SYSTEM_STAGE)
 
 
@@ -157,10 +157,11 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
     try:
         if cached:
             args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
+        context = make_context(files.context()).getvalue()  # one tar for both builds of a runtime
         if spec.kind.is_root and not options.no_cache:  # --no-cache runs every step anew, this one too
-            build_system_stage(engine, spec, files, args, options, host_network=cached)
+            build_system_stage(engine, spec, files, context, args, options, host_network=cached)
         content_id = engine.build(
-            spec.tag, make_context(files.context()), files.dockerfile_path,
+            spec.tag, io.BytesIO(context), files.dockerfile_path,
             args, nocache=options.no_cache, host_network=cached, cpu_shares=options.cpu_shares,
             events=BuildEvents(on_step=progress.step, on_line=progress.line),
         )
