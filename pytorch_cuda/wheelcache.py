@@ -163,16 +163,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def satisfied_entries(lock_text: str, directory: Path, architecture: str, python: str) -> dict[str, str]:
-    """name -> the cached file that satisfies that lock entry: its name and version, installable here, and a
-    sha256 the entry lists (read from the file, never assumed). Entries left out go to pip."""
+def satisfied_entries(entries: dict[str, str], directory: Path, architecture: str, python: str) -> dict[str, str]:
+    """name -> the cached file that satisfies that lock entry (lockfile.entries): its name and version, installable
+    here, and a sha256 the entry lists (read from the file, never assumed). Entries left out go to pip."""
     files: dict[tuple[str, str], list[Path]] = {}
     for path in sorted(directory.glob("*.whl")):
         match = _WHEEL_FILE.match(path.name)
         if match and installable(path.name, architecture, python):
             files.setdefault((canonical(match.group("name")), match.group("version")), []).append(path)
     found = {}
-    for name, entry in lockfile.entries(lock_text).items():
+    for name, entry in entries.items():
         version = next(iter(lockfile.pins_of(entry).values()))
         hashes = set(_HASH.findall(entry))
         for path in files.get((name, version), ()):
@@ -235,9 +235,9 @@ def prefetch(lock: Path, directory: Path, architecture: str, python: str, upstre
         if known is not None:
             return Fetch(downloaded=0, downloaded_bytes=0, reused=known)
         before = _wheels(directory)
-        lock_text = lock.read_text()
-        present = satisfied_entries(lock_text, directory, architecture, python)
-        missing = {name: entry for name, entry in lockfile.entries(lock_text).items() if name not in present}
+        entries = lockfile.entries(lock.read_text())
+        present = satisfied_entries(entries, directory, architecture, python)
+        missing = {name: entry for name, entry in entries.items() if name not in present}
         named = list(present.values())
         if missing:
             named += _download(missing, lock, directory, architecture, python, upstream, ca_file)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda import wheelcache
+from pytorch_cuda import lockfile, wheelcache
 from pytorch_cuda.render import BUILDER_TOOLS_LOCK
 
 from .dockerutil import free_port
@@ -93,8 +93,9 @@ def test_a_lock_entry_is_satisfied_only_by_a_cached_file_with_its_hash_for_the_p
             f"tampered==3.0 \\\n    --hash=sha256:{sha(b'what was locked')}\n"
             f"old-version==2.0 \\\n    --hash=sha256:{sha(b'v1')}\n"
             f"absent==1.0 \\\n    --hash=sha256:{sha(b'absent')}\n")
-    assert wheelcache.satisfied_entries(lock, tmp_path, "amd64", "3.11") == {"good-pkg": "good_pkg-1.0-py3-none-any.whl"}
-    assert wheelcache.satisfied_entries(lock, tmp_path, "arm64", "3.11") == {
+    entries = lockfile.entries(lock)
+    assert wheelcache.satisfied_entries(entries, tmp_path, "amd64", "3.11") == {"good-pkg": "good_pkg-1.0-py3-none-any.whl"}
+    assert wheelcache.satisfied_entries(entries, tmp_path, "arm64", "3.11") == {
         "good-pkg": "good_pkg-1.0-py3-none-any.whl", "arm-only": "arm_only-2.0-cp311-cp311-manylinux2014_aarch64.whl"}
 
 
