@@ -9,7 +9,7 @@ import contextlib
 import fcntl
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -22,13 +22,19 @@ def lock_dir(environ: dict[str, str] | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def held(name: str, directory: Path | None = None) -> Iterator[None]:
-    """Hold the lock `name` (any text: it becomes a file name) for the block; waits while another holds it."""
+def held(name: str, directory: Path | None = None, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold the lock `name` (any text: it becomes a file name) for the block; waits while another holds it,
+    calling `on_wait` first (so a user knows why nothing moves)."""
     directory = directory or lock_dir()
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".lock")
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -9,6 +9,7 @@ Its rules are the product's promises, unit-tested with a fake engine (tests/test
 """
 from __future__ import annotations
 
+import functools
 import io
 import re
 import subprocess
@@ -126,21 +127,38 @@ def fill_wheel_cache(spec: ImageSpec, options: BuildOptions, say: Callable[[str]
     return wheelcache.ensure_server(options.wheel_cache, options.wheel_cache_port, say)
 
 
-# The runtime's stage of Debian's packages and the user (templates/runtime.Dockerfile.j2), the first in its file.
+# The runtime's stages that other builds share (templates/runtime.Dockerfile.j2), in the order of its file:
+# Debian's packages and the user (every tag on one base and platform), then the pip steps (their first steps
+# are the same for every tag whose builder runs on one image, its NVIDIA and Python steps for every tag
+# pinning the same wheels).
 SYSTEM_STAGE = "system"
+BUILDER_STAGE = "builder"
 
 
-def build_system_stage(engine: Engine, spec: ImageSpec, files: render.ImageFiles, context: bytes,
-                       args: dict[str, str], options: BuildOptions, host_network: bool) -> None:
-    """Build the runtime's system stage alone, one build.py at a time per base and platform.
+def shared_stages(spec: ImageSpec, args: dict[str, str]) -> list[tuple[str, str]]:
+    """(stage, host lock) for each stage of a runtime that is built alone before the image: the system stage one
+    build at a time per base and platform, the builder stage one at a time per image it runs on (the base, or
+    the engine's own for another architecture: build_args' BUILDER_IMAGE)."""
+    builder_image = args.get("BUILDER_IMAGE") or args.get("BASE_IMAGE") or spec.base_image
+    return [(SYSTEM_STAGE, f"system-stage {spec.base_image} {spec.platform}"),
+            (BUILDER_STAGE, f"builder-stage {builder_image}")]
 
-    Every tag and CUDA line on one base shares that stage's cache entry. Two builds that ran it at once would
-    each leave an image for the same step (apt's output differs in its times), and Docker's cache then takes
-    the newest, so a no-change rebuild of the other would copy another tree and rebuild its final stage. Built
-    first under a host lock, the step runs once and every other build finds it."""
-    with hostlock.held(f"system-stage {spec.base_image} {spec.platform}"):
-        engine.build(spec.tag, io.BytesIO(context), files.dockerfile_path, args,
-                     host_network=host_network, cpu_shares=options.cpu_shares, target=SYSTEM_STAGE)
+
+def build_shared_stages(engine: Engine, spec: ImageSpec, files: render.ImageFiles, context: bytes,
+                        args: dict[str, str], options: BuildOptions, host_network: bool, progress: Progress) -> None:
+    """Build the runtime's shared stages alone, each under its host lock, before the image.
+
+    Docker's classic builder keeps an image per step, and for a step that matches several it takes the newest.
+    Two builds that ran a step they share at the same time (the apt steps, the builder's first COPYs, a pip
+    step of the same wheels) each left an image for it; a later build of one of them then took the other's
+    and ran every step below it again (a no-change rebuild reinstalled the NVIDIA wheels; another tree under
+    the final stage moved the tag). Built alone under the lock, each shared step runs once and every other
+    build finds it."""
+    for stage, lock in shared_stages(spec, args):
+        with hostlock.held(lock, on_wait=functools.partial(progress.say, f"{spec.tag}: waiting for another build ({lock})")):
+            engine.build(spec.tag, io.BytesIO(context), files.dockerfile_path, args, host_network=host_network,
+                         cpu_shares=options.cpu_shares, target=stage,
+                         events=BuildEvents(on_step=progress.step, on_line=progress.line))
 
 
 def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions, progress: Progress,
@@ -158,8 +176,8 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
         if cached:
             args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
         context = make_context(files.context()).getvalue()  # one tar for both builds of a runtime
-        if spec.kind.is_root and not options.no_cache:  # --no-cache runs every step anew, this one too
-            build_system_stage(engine, spec, files, context, args, options, host_network=cached)
+        if spec.kind.is_root and not options.no_cache:  # --no-cache runs every step anew, these too
+            build_shared_stages(engine, spec, files, context, args, options, host_network=cached, progress=progress)
         content_id = engine.build(
             spec.tag, io.BytesIO(context), files.dockerfile_path,
             args, nocache=options.no_cache, host_network=cached, cpu_shares=options.cpu_shares,

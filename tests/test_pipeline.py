@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytorch_cuda import matrix, pipeline, plan
+from pytorch_cuda import matrix, pipeline, plan, render
 from pytorch_cuda.engine import BuildEvents, failure_message
 from pytorch_cuda.errors import BuildFailed, PushFailed, RegistryError
 from pytorch_cuda.progress import Progress
@@ -155,27 +155,42 @@ def test_every_image_is_tagged_and_aliased_after_it_built(m):
         b'{"components": []}\n').hexdigest()}
 
 
-def test_the_runtimes_system_stage_is_built_alone_first_under_a_host_lock(m, monkeypatch, tmp_path):
-    """Every tag and line on one base shares the system stage's cache entry: build.py builds that stage alone,
-    holding a lock per base and platform, before the image; not for variants (they have none), and not
-    with --no-cache (which runs every step anew)."""
+def test_the_runtimes_shared_stages_are_built_alone_first_each_under_its_host_lock(m, monkeypatch, tmp_path):
+    """Other builds share the system stage (every tag on one base and platform) and the builder stage's first
+    steps (every tag whose builder runs on one image): build.py builds each alone, holding its lock while that
+    build runs, before the image; not for variants (they have none), and not with --no-cache (which runs every
+    step anew)."""
     engine = FakeEngine()
-    held = []
+    seen = []
 
     @contextlib.contextmanager
-    def lock(name, directory=None):
-        held.append(name)
-        engine.log.append(("locked", name))
+    def lock(name, directory=None, on_wait=None):
+        seen.append(("lock", name, list(engine.stages)))
         yield
-        engine.log.append(("unlocked", name))
+        seen.append(("unlock", name, list(engine.stages)))
 
     monkeypatch.setattr(pipeline.hostlock, "held", lock)
     build(engine, m, specs(m))
-    assert engine.stages == [(RUNTIME, "system")] and engine.built == [RUNTIME, JUPYTER, SSH]
-    assert held == ["system-stage debian:bookworm-slim linux/amd64"]
+    system, builder = "system-stage debian:bookworm-slim linux/amd64", "builder-stage debian:bookworm-slim"
+    assert seen == [("lock", system, []), ("unlock", system, [(RUNTIME, "system")]),
+                    ("lock", builder, [(RUNTIME, "system")]),
+                    ("unlock", builder, [(RUNTIME, "system"), (RUNTIME, "builder")])]
+    assert engine.built == [RUNTIME, JUPYTER, SSH]
     engine = FakeEngine()
     build(engine, m, specs(m), no_cache=True)
     assert engine.stages == [] and engine.built == [RUNTIME, JUPYTER, SSH]
+
+
+def test_an_arm64_runtimes_builder_stage_takes_the_lock_of_the_image_it_runs_on(real_matrix):
+    """Its builder runs on the engine's own base (BUILDER_IMAGE), like the amd64 builds beside it: one lock."""
+    m = real_matrix
+    [arm64] = plan.image_specs(m, [m.resolve(cuda="13.0")], variants=("runtime",), platform=matrix.ARM64)
+    [amd64] = plan.image_specs(m, [m.resolve(cuda="13.0")], variants=("runtime",))
+    dockerfile = render.image_files(arm64, ()).dockerfile
+    arm64_locks = dict(pipeline.shared_stages(arm64, pipeline.build_args(arm64, dockerfile, None, "")))
+    amd64_locks = dict(pipeline.shared_stages(amd64, pipeline.build_args(amd64, dockerfile, None, "")))
+    assert arm64_locks["builder"] == amd64_locks["builder"] == f"builder-stage {amd64.base_image}"
+    assert arm64_locks["system"] != amd64_locks["system"]  # each platform's own base
 
 
 def test_a_failed_runtime_gets_no_tag_and_its_variants_are_skipped(m):
