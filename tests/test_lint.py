@@ -5,7 +5,6 @@ copy of a module with a planted error, which must be reported.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -26,11 +25,12 @@ def test_ruff_finds_nothing():
 
 
 def mypy_cache() -> Path:
-    """mypy's incremental cache, kept outside the checkout (as the wheel cache is), one per checkout path: a
-    fresh clone of a machine that ran the suite before re-checks only what changed (torch's types take most of
-    a cold run: about 40 s of CPU here). mypy re-reads any module whose contents differ from its cache."""
+    """mypy's incremental cache, kept outside the checkout (as the wheel cache is) and shared by every checkout:
+    a fresh clone on a machine that ran the suite before re-checks only what changed (torch's types take most of
+    a cold run: about 35 s here, 1.3 s warm). mypy takes a cached module whose path or mtime differs only if its
+    contents hash the same, so another checkout's entries are checked, not trusted."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "pytorch-cuda" / "mypy" / hashlib.sha256(str(REPO).encode()).hexdigest()[:12]
+    return base / "pytorch-cuda" / "mypy"
 
 
 def test_mypy_finds_nothing():
