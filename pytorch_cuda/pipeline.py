@@ -139,7 +139,7 @@ def shared_stages(spec: ImageSpec, args: dict[str, str]) -> list[tuple[str, str]
     """(stage, host lock) for each stage of a runtime that is built alone before the image: the system stage one
     build at a time per base and platform, the builder stage one at a time per image it runs on (the base, or
     the engine's own for another architecture: build_args' BUILDER_IMAGE)."""
-    builder_image = args.get("BUILDER_IMAGE") or args.get("BASE_IMAGE") or spec.base_image
+    builder_image = args.get("BUILDER_IMAGE") or spec.base_image
     return [(SYSTEM_STAGE, f"system-stage {spec.base_image} {spec.platform}"),
             (BUILDER_STAGE, f"builder-stage {builder_image}")]
 
@@ -175,7 +175,7 @@ def build_one(engine: Engine, m: Matrix, spec: ImageSpec, options: BuildOptions,
     try:
         if cached:
             args["PIP_INDEX_URL"] = fill_wheel_cache(spec, options, progress.say)
-        context = make_context(files.context()).getvalue()  # one tar for both builds of a runtime
+        context = make_context(files.context()).getvalue()  # one tar for every build of a runtime
         if spec.kind.is_root and not options.no_cache:  # --no-cache runs every step anew, these too
             build_shared_stages(engine, spec, files, context, args, options, host_network=cached, progress=progress)
         content_id = engine.build(
