@@ -237,15 +237,19 @@ def pip_steps(spec: ImageSpec) -> tuple[PipStep, ...]:
         if last:
             path, dest, text = spec.rest_lock, "/tmp/requirements.lock", REST_LOCK_HEADER + "".join(chosen)
         elif staged == nvidia:
-            text = NVIDIA_LOCK_HEADER + "".join(chosen)
-            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-            path, dest = NVIDIA_LOCKS_DIR / f"cuda{spec.build.cuda}-{digest}.lock", "/tmp/nvidia.lock"
+            path, text = _named_by_content(NVIDIA_LOCKS_DIR, f"cuda{spec.build.cuda}", NVIDIA_LOCK_HEADER, chosen)
+            dest = "/tmp/nvidia.lock"
         else:
-            text = PYTHON_LOCK_HEADER + "".join(chosen)
-            digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-            path, dest = PYTHON_LOCKS_DIR / f"py{spec.python}-{digest}.lock", "/tmp/python.lock"
+            path, text = _named_by_content(PYTHON_LOCKS_DIR, f"py{spec.python}", PYTHON_LOCK_HEADER, chosen)
+            dest = "/tmp/python.lock"
         made.append(PipStep(path, text, dest, staged, partial=not last))
     return tuple(made)
+
+
+def _named_by_content(directory: Path, prefix: str, header: str, entries: list[str]) -> tuple[Path, str]:
+    """A shared lock part's file and text: named by its text's digest, so tags pinning the same wheels share it."""
+    text = header + "".join(entries)
+    return directory / f"{prefix}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.lock", text
 
 
 @dataclass(frozen=True)
